@@ -38,7 +38,9 @@ class ModelConfig:
     double_conv: bool = False  # four 3x3 convolutions per block instead of two
     activation: str = "relu"  # "relu" or "leaky_relu" (slope 0.01)
     upsample: str = "transpose"  # "transpose" (2x2 stride-2 up-convolution) or "resize" (+ 1x1)
-    dtype: str = "float32"  # compute dtype: "float32", "bfloat16" (params stay float32) or "float64"
+    dtype: str = (
+        "float32"  # compute dtype: "float32", "bfloat16" (params stay float32) or "float64"
+    )
     deep_supervision: bool = False  # unetpp only: average the logits of all its heads
 
 

@@ -70,8 +70,12 @@ def _pair(image_dir: Path, mask_dir: Path) -> tuple[Sample, ...]:
         raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     if not masks:
         raise DataError(f"{mask_dir}: no masks")
-    problems = [f"{images[s]}: image without a mask in {mask_dir}" for s in images if s not in masks]
-    problems += [f"{masks[s]}: mask without an image in {image_dir}" for s in masks if s not in images]
+    problems = [
+        f"{images[s]}: image without a mask in {mask_dir}" for s in images if s not in masks
+    ]
+    problems += [
+        f"{masks[s]}: mask without an image in {image_dir}" for s in masks if s not in images
+    ]
     if problems:
         raise DataError("unpaired files:\n  " + "\n  ".join(problems))
     return tuple(Sample(images[s].name, images[s], masks[s]) for s in sorted(images))
@@ -115,8 +119,10 @@ def discover(root: str | os.PathLike) -> Layout:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder")
-    for image_dir, mask_dir in [(root / "train/images", root / "train/masks"),
-                                (root / "images", root / "masks")]:  # fmt: skip
+    for image_dir, mask_dir in [
+        (root / "train/images", root / "train/masks"),
+        (root / "images", root / "masks"),
+    ]:
         if image_dir.is_dir() and mask_dir.is_dir():
             return Layout(root, _pair(image_dir, mask_dir), _test_samples(root))
     raise DataError(
@@ -216,8 +222,9 @@ def load(
         paths = {n: folder / f"{key}-{n}.npy" for n in ("images", "masks", "sizes")}
         if all(p.exists() for n, p in paths.items() if labelled or n != "masks"):
             masks = np.load(paths["masks"], mmap_mode="r") if labelled else None
-            return Arrays(ids, np.load(paths["images"], mmap_mode="r"), masks,
-                          np.load(paths["sizes"]))  # fmt: skip
+            return Arrays(
+                ids, np.load(paths["images"], mmap_mode="r"), masks, np.load(paths["sizes"])
+            )
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
         decoded = list(pool.map(lambda s: _load_one(s, size, grayscale), samples))
     images = np.stack([d[0] for d in decoded])
@@ -288,7 +295,7 @@ def train_batches(
 
 
 def eval_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (example indices, valid) in order; the last batch is padded with index 0, valid False."""
+    """Yield (indices, valid) in order; the last batch is padded with index 0, valid False."""
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
         valid = np.ones(batch_size, dtype=bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -57,8 +58,12 @@ def _person(rng, draws, height: int, width: int) -> None:
     for draw, paint in draws:
         c = (lambda colour: colour) if paint else (lambda colour: 255)
         draw.ellipse((cx - head_r, top, cx + head_r, top + 2 * head_r), fill=c(skin))
-        torso = [(cx - shoulder, neck + 0.03 * tall), (cx + shoulder, neck + 0.03 * tall),
-                 (hip_x + hip_w, hip), (hip_x - hip_w, hip)]  # fmt: skip
+        torso = [
+            (cx - shoulder, neck + 0.03 * tall),
+            (cx + shoulder, neck + 0.03 * tall),
+            (hip_x + hip_w, hip),
+            (hip_x - hip_w, hip),
+        ]
         draw.polygon(torso, fill=c(shirt))
         for side, (a, b) in enumerate(zip(arm, bend[:2], strict=True)):
             shoulder_xy = (cx + (2 * side - 1) * shoulder * 0.9, neck + 0.06 * tall)
@@ -76,7 +81,7 @@ def make_example(seed: int, index: int, size: tuple[int, int]) -> tuple[Image.Im
     height, width = size
     image = _background(rng, height, width)
     mask = Image.new("L", (width, height), 0)
-    people = rng.choice([0, 1, 1, 1, 1, 1, 1, 1, 1, 2])  # about 1 in 10 images has nobody
+    people = rng.choice([0] + [1] * 15 + [2] * 4)  # 1 in 20 images has nobody
     for _ in range(people):
         _person(rng, [(ImageDraw.Draw(image), True), (ImageDraw.Draw(mask), False)], height, width)
     pixels = np.asarray(image).astype(np.float32)
@@ -131,10 +136,17 @@ def generate(
     test_sizes = test_sizes or sizes
     try:
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda i: _write_train(tmp, seed, i, sizes[i % len(sizes)]),
-                          range(n_train)))  # fmt: skip
-            names = list(pool.map(lambda i: _write_test(tmp, seed, i, test_sizes[i % len(test_sizes)]),
-                                  range(n_test)))  # fmt: skip
+            list(
+                pool.map(
+                    lambda i: _write_train(tmp, seed, i, sizes[i % len(sizes)]), range(n_train)
+                )
+            )
+            names = list(
+                pool.map(
+                    lambda i: _write_test(tmp, seed, i, test_sizes[i % len(test_sizes)]),
+                    range(n_test),
+                )
+            )
         # Row order deliberately not sorted, to exercise "order from sample_submission.csv".
         order = np.random.default_rng(seed).permutation(len(names))
         lines = ["id,encoded_pixels"] + [f"{names[i]}," for i in order]
@@ -156,8 +168,6 @@ def demo_data_dir(n_train: int = 320, n_test: int = 64, seed: int = 0) -> Path:
     root = cache_root() / f"demo-s{seed}-{n_train}-{n_test}"
     if not root.exists():
         root.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(FileExistsError):  # another process finished it first
             generate(root, n_train=n_train, n_test=n_test, seed=seed)
-        except FileExistsError:  # another process finished it first
-            pass
     return root

@@ -51,8 +51,9 @@ def output_size(config: ModelConfig, height: int, width: int) -> tuple[int, int]
         for _ in range(config.depth):
             size = 2 * size - shrink
         if size < 1:
-            raise ValueError(f"input {height}x{width} is too small for unet-valid at depth "
-                             f"{config.depth}")  # fmt: skip
+            raise ValueError(
+                f"input {height}x{width} is too small for unet-valid at depth {config.depth}"
+            )
         sizes.append(size)
     return tuple(sizes)  # type: ignore[return-value]
 

@@ -49,14 +49,20 @@ class UpConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         pdtype = param_dtype(self.dtype)
-        y = nn.Conv(4 * self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                    param_dtype=pdtype, name="kernel4")(x)  # fmt: skip
+        y = nn.Conv(
+            4 * self.features,
+            (1, 1),
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=pdtype,
+            name="kernel4",
+        )(x)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), pdtype)
-        return depth_to_space(y) + bias.astype(self.dtype)
+        return depth_to_space(y) + bias.astype(self.dtype).reshape(1, 1, 1, -1)
 
 
 class ResizeUp(nn.Module):
-    """Bilinear 2x upsampling + 1x1 convolution (computed first, at low resolution: they commute)."""
+    """Bilinear 2x upsampling + 1x1 convolution (done first, at low resolution: they commute)."""
 
     features: int
     dtype: jnp.dtype = jnp.float32
@@ -88,8 +94,13 @@ class ConvBlock(nn.Module):
         act = ACTIVATIONS[self.activation]
         pdtype = param_dtype(self.dtype)
         conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=pdtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 dtype=self.dtype, param_dtype=pdtype)  # fmt: skip
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            dtype=self.dtype,
+            param_dtype=pdtype,
+        )
         shortcut = x
         for i in range(self.convs):
             x = conv(self.features, (3, 3), padding=self.padding, use_bias=not self.batch_norm)(x)
@@ -125,10 +136,17 @@ class AttentionGate(nn.Module):
         def project(x, features, name):
             x = nn.Conv(features, (1, 1), dtype=self.dtype, param_dtype=pdtype, name=name)(x)
             if self.batch_norm:
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                                 param_dtype=pdtype, name=name + "_bn")(x)  # fmt: skip
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=0.9,
+                    dtype=self.dtype,
+                    param_dtype=pdtype,
+                    name=name + "_bn",
+                )(x)
             return x
 
-        joint = nn.relu(project(gate, self.features, "w_gate") + project(skip, self.features, "w_skip"))
+        joint = nn.relu(
+            project(gate, self.features, "w_gate") + project(skip, self.features, "w_skip")
+        )
         alpha = nn.sigmoid(project(joint, 1, "psi"))
         return skip * alpha

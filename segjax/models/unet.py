@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import UPSAMPLERS, AttentionGate, ConvBlock, center_crop
+from segjax.models.layers import UPSAMPLERS, AttentionGate, ConvBlock, center_crop, param_dtype
 
 
 def pad_to_multiple(x_BxHxWxC: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -43,8 +43,17 @@ class UNet(nn.Module):
     def block(self, level: int, name: str) -> ConvBlock:
         deep = level >= self.depth - 1  # the deepest encoder level, the bottleneck, its decoder
         rate = self.dropout if (deep or not self.dropout_deep_only) else 0.0
-        return ConvBlock(self.features * 2**level, self.convs, self.padding, self.batch_norm, rate,
-                         self.activation, self.residual, self.dtype, name=name)  # fmt: skip
+        return ConvBlock(
+            self.features * 2**level,
+            self.convs,
+            self.padding,
+            self.batch_norm,
+            rate,
+            self.activation,
+            self.residual,
+            self.dtype,
+            name=name,
+        )
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:
@@ -60,15 +69,27 @@ class UNet(nn.Module):
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = self.block(self.depth, "bottleneck")(x, train=train)
         for level in reversed(range(self.depth)):
-            x = UPSAMPLERS[self.upsample](self.features * 2**level, self.dtype, name=f"up{level}")(x)
+            x = UPSAMPLERS[self.upsample](self.features * 2**level, self.dtype, name=f"up{level}")(
+                x
+            )
             skip = center_crop(skips.pop(), x.shape[1], x.shape[2])
             if self.attention:
-                gate = AttentionGate(self.features * 2 ** max(level - 1, 0), self.batch_norm,
-                                     self.dtype, name=f"gate{level}")  # fmt: skip
+                gate = AttentionGate(
+                    self.features * 2 ** max(level - 1, 0),
+                    self.batch_norm,
+                    self.dtype,
+                    name=f"gate{level}",
+                )
                 skip = gate(x, skip, train=train)
             x = self.block(level, f"dec{level}")(jnp.concatenate([skip, x], axis=-1), train=train)
         assert not skips
-        logits = nn.Conv(1, (1, 1), dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
+        logits = nn.Conv(
+            1,
+            (1, 1),
+            dtype=param_dtype(self.dtype),
+            param_dtype=param_dtype(self.dtype),
+            name="head",
+        )(x)
         return logits[:, top : top + h, left : left + w] if same else logits
 
 

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import UPSAMPLERS, ConvBlock
+from segjax.models.layers import UPSAMPLERS, ConvBlock, param_dtype
 from segjax.models.unet import pad_to_multiple
 
 
@@ -32,8 +32,17 @@ class UNetPlusPlus(nn.Module):
     def block(self, level: int, name: str) -> ConvBlock:
         deep = level >= self.depth - 1
         rate = self.dropout if (deep or not self.dropout_deep_only) else 0.0
-        return ConvBlock(self.features * 2**level, self.convs, "SAME", self.batch_norm, rate,
-                         self.activation, self.residual, self.dtype, name=name)  # fmt: skip
+        return ConvBlock(
+            self.features * 2**level,
+            self.convs,
+            "SAME",
+            self.batch_norm,
+            rate,
+            self.activation,
+            self.residual,
+            self.dtype,
+            name=name,
+        )
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:
@@ -47,12 +56,18 @@ class UNetPlusPlus(nn.Module):
         # Fill the columns left to right: X[i][j] needs X[i+1][j-1] from the previous column.
         for j in range(1, self.depth + 1):
             for i in range(self.depth + 1 - j):
-                up = UPSAMPLERS[self.upsample](self.features * 2**i, self.dtype,
-                                               name=f"up{i}_{j}")(nodes[i + 1][j - 1])  # fmt: skip
+                up = UPSAMPLERS[self.upsample](self.features * 2**i, self.dtype, name=f"up{i}_{j}")(
+                    nodes[i + 1][j - 1]
+                )
                 inputs = jnp.concatenate([*nodes[i][:j], up], axis=-1)
                 nodes[i].append(self.block(i, f"x{i}_{j}")(inputs, train=train))
-        head = lambda j: nn.Conv(1, (1, 1), dtype=jnp.float32, param_dtype=jnp.float32,
-                                 name=f"head{j}")(nodes[0][j])  # fmt: skip
+        head = lambda j: nn.Conv(
+            1,
+            (1, 1),
+            dtype=param_dtype(self.dtype),
+            param_dtype=param_dtype(self.dtype),
+            name=f"head{j}",
+        )(nodes[0][j])
         if self.deep_supervision:
             logits = jnp.mean(jnp.stack([head(j) for j in range(1, self.depth + 1)]), axis=0)
         else:

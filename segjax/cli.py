@@ -1,0 +1,170 @@
+"""Command-line entry points: flags -> config -> one library call. No JAX import at module level."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from segjax import runtime
+
+# Flags that map one-to-one onto a config field: flag -> (section, field, type, help).
+FIELDS = {
+    "data-dir": ("data", "data_dir", str, "competition-layout folder (default: synthetic demo)"),
+    "image-size": ("data", "image_size", "size", "training size, N or HxW (default 256; demo 128)"),
+    "val-fraction": ("data", "val_fraction", float, "validation share (default 0.1)"),
+    "test-fraction": ("data", "test_fraction", float, "local held-out test share (default 0)"),
+    "split-seed": ("data", "split_seed", int, "seed of the train/val/test split (default 0)"),
+    "normalize": (
+        "data",
+        "normalize",
+        ["dataset", "imagenet", "none"],
+        "input normalisation (default dataset mean/std)",
+    ),
+    "cache-dir": ("data", "cache_dir", str, "decoded-array cache (default ~/.cache/segjax/arrays)"),
+    "arch": (
+        "model",
+        "arch",
+        ["unet", "unet-valid", "attn", "resunet", "unetpp"],
+        "architecture (default unet)",
+    ),
+    "features": ("model", "features", int, "channels of the first level (default 32; demo 16)"),
+    "depth": ("model", "depth", int, "number of poolings (default 4)"),
+    "dropout": ("model", "dropout", float, "dropout rate (default 0)"),
+    "activation": ("model", "activation", ["relu", "leaky_relu"], "activation (default relu)"),
+    "upsample": ("model", "upsample", ["transpose", "resize"], "upsampling (default transpose)"),
+    "batch-size": ("train", "batch_size", int, "global batch size (default 8)"),
+    "eval-batch-size": ("train", "eval_batch_size", int, "evaluation batch (default 16)"),
+    "epochs": ("train", "epochs", int, "epochs (default 30; demo 12)"),
+    "lr": ("train", "lr", float, "peak learning rate (default 1e-3)"),
+    "optimizer": ("train", "optimizer", ["adam", "adamw"], "optimizer (default adam)"),
+    "weight-decay": ("train", "weight_decay", float, "adamw weight decay (default 1e-4)"),
+    "schedule": (
+        "train",
+        "schedule",
+        ["constant", "cosine", "onecycle", "plateau"],
+        "learning-rate schedule (default cosine)",
+    ),
+    "warmup-epochs": ("train", "warmup_epochs", float, "cosine warm-up (default 1)"),
+    "plateau-factor": ("train", "plateau_factor", float, "plateau rate factor (default 0.5)"),
+    "plateau-patience": ("train", "plateau_patience", int, "plateau patience (default 3)"),
+    "loss": (
+        "train",
+        "loss",
+        ["bce", "dice", "bce_dice", "focal", "tversky", "focal_tversky", "edge_bce_dice"],
+        "loss (default bce_dice)",
+    ),
+    "pos-weight": ("train", "pos_weight", float, "BCE weight of person pixels (default 1)"),
+    "focal-gamma": ("train", "focal_gamma", float, "focal loss gamma (default 2)"),
+    "focal-alpha": ("train", "focal_alpha", float, "focal loss alpha, <0 = none (default 0.25)"),
+    "tversky-alpha": ("train", "tversky_alpha", float, "Tversky FN weight (default 0.7)"),
+    "tversky-beta": ("train", "tversky_beta", float, "Tversky FP weight (default 0.3)"),
+    "tversky-gamma": ("train", "tversky_gamma", float, "focal Tversky exponent (default 0.75)"),
+    "edge-weight": ("train", "edge_weight", float, "edge_bce_dice boundary weight (default 4)"),
+    "aug": ("train", "aug", ["none", "basic", "strong"], "augmentation (default basic)"),
+    "seed": ("train", "seed", int, "init/augmentation/order seed (default 0)"),
+    "early-stop": ("train", "early_stop", int, "patience in epochs on val Dice, 0 = off"),
+    "precision": ("train", "precision", ["fp32", "bf16"], "compute precision (default fp32)"),
+}
+SWITCHES = {  # boolean flags: flag -> (section, field, value, help)
+    "grayscale": ("data", "grayscale", True, "decode images as grayscale"),
+    "no-batch-norm": ("model", "batch_norm", False, "no BatchNorm"),
+    "dropout-deep-only": ("model", "dropout_deep_only", True, "dropout in the deepest levels only"),
+    "double-conv": ("model", "double_conv", True, "four 3x3 convolutions per block"),
+    "deep-supervision": ("model", "deep_supervision", True, "unetpp: average all heads"),
+}
+# Without --data-dir: a model and size that finish the synthetic demo in minutes on a laptop CPU.
+DEMO = {"image_size": (128, 128), "features": 16, "epochs": 12}
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a UNet-family segmentation model into runs/<name>/ (config, "
+        "checkpoints, metrics.jsonl, previews, curves.png, tuned.json).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for flag, (_, _, kind, text) in FIELDS.items():
+        if isinstance(kind, list):
+            parser.add_argument(f"--{flag}", choices=kind, help=text)
+        else:
+            parser.add_argument(f"--{flag}", type=str if kind == "size" else kind, help=text)
+    for flag, (*_, text) in SWITCHES.items():
+        parser.add_argument(f"--{flag}", action="store_true", default=None, help=text)
+    parser.add_argument("--run-dir", help="run folder (default runs/<name>)")
+    parser.add_argument("--name", help="run name (default <arch>-<date>-<time>)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir/--name (default: newest) from its "
+        "latest checkpoint; --epochs and --early-stop may be raised",
+    )
+    parser.add_argument("--no-tune", action="store_true", help="skip threshold tuning at the end")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: call jax.distributed.initialize() first",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--default-xla-flags", action="store_true", help="do not set segjax's XLA:CPU speed flags"
+    )
+    return parser
+
+
+def train_config(args: argparse.Namespace):
+    """The run's Config from parsed flags: defaults, then the demo preset, then the flags."""
+    from segjax.config import Config, parse_size, replace
+    from segjax.train import default_cache_dir
+
+    sections: dict[str, dict] = {
+        "data": {"cache_dir": default_cache_dir()},
+        "model": {},
+        "train": {},
+    }
+    if not args.data_dir:
+        sections["data"]["image_size"] = DEMO["image_size"]
+        sections["model"]["features"] = DEMO["features"]
+        sections["train"]["epochs"] = DEMO["epochs"]
+    for flag, (section, field, kind, _) in FIELDS.items():
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            sections[section][field] = parse_size(value) if kind == "size" else value
+    for flag, (section, field, value, _) in SWITCHES.items():
+        if getattr(args, flag.replace("-", "_")):
+            sections[section][field] = value
+    if sections["train"].get("precision") == "bf16":
+        sections["model"]["dtype"] = "bfloat16"
+    return dataclasses.replace(replace(Config(), **sections), name=args.name or "")
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    """scripts/train.py"""
+    args = train_parser().parse_args(argv)
+    if not args.default_xla_flags and argv is None:
+        runtime.reexec_with_hugepages()
+    runtime.configure(fast_cpu=not args.default_xla_flags)
+    from segjax import runs
+
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    if args.resume:
+        run_dir = (
+            Path(args.run_dir)
+            if args.run_dir
+            else (runs.RUNS_ROOT / args.name if args.name else runs.newest_run())
+        )
+        config = runs.resume_config(run_dir, epochs=args.epochs, early_stop=args.early_stop)
+    else:
+        config = train_config(args)
+        run_dir = (
+            Path(args.run_dir)
+            if args.run_dir
+            else runs.new_run_dir(runs.RUNS_ROOT, args.name, config.model.arch)
+        )
+        config = dataclasses.replace(config, name=run_dir.name)
+    print(f"run folder: {run_dir}")
+    runs.train_run(
+        config, run_dir, resume=args.resume, tune=not args.no_tune, progress=not args.no_progress
+    )

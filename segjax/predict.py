@@ -1,0 +1,106 @@
+"""Load a run, predict probabilities with one jitted fixed-shape function, resize to original."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from segjax import augment, checkpoint, data, parallel
+from segjax.config import Config, load_config
+from segjax.models import create_model, valid_input_size
+
+
+class Loaded(NamedTuple):
+    config: Config
+    variables: dict  # {"params": ..., "batch_stats": ...}, replicated over the mesh
+    step: int  # the checkpoint's epoch
+    run_dir: Path
+
+
+def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
+    """Rebuild the model from config.json alone and restore a checkpoint's variables."""
+    from segjax.train import create_train_state
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir}: no config.json (not a segjax run folder)")
+    config = load_config(run_dir / "config.json")
+    manager = checkpoint.create_manager(run_dir / "checkpoints", read_only=True)
+    try:
+        step = checkpoint.resolve_step(manager, which)
+        rep = parallel.replicated(mesh or parallel.create_mesh())
+        template = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0), 1))
+        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                                template)  # fmt: skip
+        state, _ = checkpoint.restore(manager, step, template)
+    finally:
+        manager.close()
+    return Loaded(config, {"params": state.params, "batch_stats": state.batch_stats}, step, run_dir)
+
+
+def _probs(variables, images_u8, *, model, mean, std, pad, tta: bool) -> jax.Array:
+    """Sigmoid probabilities [B, H, W] at the input's size; flip TTA averages probabilities."""
+    h, w = images_u8.shape[1:3]
+    images = augment.normalize(images_u8.astype(jnp.float32) / 255.0, mean, std)
+    if pad is not None:  # unet-valid: mirror-pad so the smaller output covers the whole image
+        (top, bottom), (left, right) = pad
+        images = jnp.pad(images, ((0, 0), (top, bottom), (left, right), (0, 0)), mode="reflect")
+
+    def forward(x):
+        logits = model.apply(variables, x, train=False)[..., 0]
+        oh, ow = logits.shape[1:3]
+        top, left = (oh - h) // 2, (ow - w) // 2
+        return jax.nn.sigmoid(logits[:, top : top + h, left : left + w])
+
+    probs = forward(images)
+    if tta:
+        probs = 0.5 * (probs + forward(images[:, :, ::-1])[:, :, ::-1])
+    return probs
+
+
+def create_predict_fn(config: Config, mesh, tta: bool):
+    """jit (variables, uint8 images [B, H, W, C]) -> probabilities [B, H, W], batch sharded."""
+    h, w = config.data.image_size
+    pad = None
+    if config.model.arch == "unet-valid":
+        need = valid_input_size(config.model, h, w)
+        pad = tuple(((n - s) // 2, n - s - (n - s) // 2) for n, s in zip(need, (h, w), strict=True))
+    fn = functools.partial(_probs, model=create_model(config.model), mean=config.data.mean,
+                           std=config.data.std, pad=pad, tta=tta)  # fmt: skip
+    rep, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    return jax.jit(fn, in_shardings=(rep, shard), out_shardings=shard)
+
+
+def iterate_probs(
+    loaded: Loaded, images_u8: np.ndarray, batch_size: int, tta: bool, mesh=None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (indices, probabilities [b, H, W]) batch by batch, pads dropped: one compiled shape."""
+    mesh = mesh or parallel.create_mesh()
+    parallel.check_batch_size(batch_size)
+    fn = create_predict_fn(loaded.config, mesh, tta)
+    rows = parallel.local_slice(batch_size)
+    for idx, valid in data.eval_batches(len(images_u8), batch_size):
+        batch = parallel.shard_batch({"image": np.asarray(images_u8[idx])[rows]}, mesh, batch_size)
+        probs = parallel.gather(fn(loaded.variables, batch["image"]))
+        yield idx[valid], probs[valid]
+
+
+def predict_all(loaded: Loaded, images_u8: np.ndarray, batch_size: int, tta: bool, mesh=None):
+    """Probabilities [N, H, W] at the training size for a whole array of images."""
+    parts = list(iterate_probs(loaded, images_u8, batch_size, tta, mesh))
+    return np.concatenate([p for _, p in parts]) if parts else np.zeros((0,))
+
+
+def resize_prob(prob_HxW: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a probability map to (height, width), before any threshold."""
+    if prob_HxW.shape == tuple(size):
+        return np.asarray(prob_HxW, np.float32)
+    image = Image.fromarray(np.asarray(prob_HxW, np.float32), mode="F")
+    return np.asarray(image.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR))

@@ -1,0 +1,379 @@
+"""TrainState, the jitted train and eval steps, and the training loop with exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from segjax import augment, checkpoint, data, losses, metrics, parallel, viz, writer
+from segjax.config import Config, DataConfig, TrainConfig, save_config
+from segjax.models import create_model
+from segjax.models.layers import center_crop
+from segjax.synthetic import cache_root, demo_data_dir
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+    plateau: Any  # optax reduce_on_plateau state; only moves with schedule "plateau"
+
+
+class Splits(NamedTuple):
+    arrays: data.Arrays  # every labelled image, decoded at the training size
+    train: np.ndarray  # indices into arrays
+    val: np.ndarray
+    test: np.ndarray
+
+
+# ---------------------------------------------------------------------------- optimisation
+
+
+def create_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """Learning rate per step (for "plateau" the base rate; the plateau scale is applied on top)."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule in ("constant", "plateau"):
+        return optax.constant_schedule(config.lr)
+    if config.schedule == "cosine":
+        warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+        return optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, total, config.lr * 0.01)
+    if config.schedule == "onecycle":
+        return optax.cosine_onecycle_schedule(total, config.lr)
+    raise ValueError(f"unknown schedule {config.schedule!r}")
+
+
+def create_plateau(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
+    return optax.contrib.reduce_on_plateau(
+        factor=config.plateau_factor, patience=config.plateau_patience
+    )
+
+
+def create_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam or AdamW with the learning rate kept in the state (inject_hyperparams)."""
+    schedule = create_schedule(config, steps_per_epoch)
+    learning_rate = config.lr if config.schedule == "plateau" else schedule
+    if config.optimizer == "adam":
+        return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+    if config.optimizer == "adamw":
+        return optax.inject_hyperparams(optax.adamw)(
+            learning_rate=learning_rate, weight_decay=config.weight_decay
+        )
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def learning_rate(state: TrainState) -> float:
+    return float(state.opt_state.hyperparams["learning_rate"])
+
+
+def step_plateau(state: TrainState, config: TrainConfig, val_loss: float) -> TrainState:
+    """After a validation: feed the plateau tracker; under "plateau" set the rate it implies."""
+    if config.schedule != "plateau":
+        return state
+    _, plateau = create_plateau(config).update(
+        updates=jnp.zeros(()), state=state.plateau, value=jnp.asarray(val_loss)
+    )
+    hyper = dict(state.opt_state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(config.lr * plateau.scale, jnp.float32)
+    return state.replace(plateau=plateau, opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+def create_train_state(config: Config, rng: jax.Array, steps_per_epoch: int) -> TrainState:
+    """Initialise parameters (under jit: faster) from the config and a key."""
+    model = create_model(config.model)
+    h, w = config.data.image_size
+    sample = jnp.zeros((1, h, w, config.data.channels), jnp.float32)
+    variables = jax.jit(lambda key: model.init({"params": key}, sample, train=False))(rng)
+    tx = create_optimizer(config.train, steps_per_epoch)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+        plateau=create_plateau(config.train).init(variables["params"]),
+    )
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def crop_like(masks_BxHxW: jax.Array, logits_BxHxWx1: jax.Array) -> jax.Array:
+    """Masks cut to the logits' size (only unet-valid's logits are smaller)."""
+    return center_crop(masks_BxHxW[..., None], *logits_BxHxWx1.shape[1:3])[..., 0]
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_fn, level, mean, std):
+    """One update on an augmented batch; randomness from fold_in(rng, step): resumable."""
+    aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    images, masks = augment.prepare_batch(aug_rng, batch["image"], batch["mask"], level, mean, std)
+
+    def compute_loss(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        logits, updates = state.apply_fn(
+            variables, images, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
+        )
+        return loss_fn(logits, crop_like(masks, logits)), updates
+
+    (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    return state, {"loss": loss}
+
+
+def predict_logits(state: TrainState, images_u8: jax.Array, *, mean, std) -> jax.Array:
+    images = augment.normalize(images_u8.astype(jnp.float32) / 255.0, mean, std)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return state.apply_fn(variables, images, train=False)
+
+
+def eval_step(state: TrainState, batch: dict, *, loss_fn, mean, std) -> dict[str, jax.Array]:
+    """Per-image loss and confusion counts (threshold 0.5) on an unaugmented batch."""
+    logits = predict_logits(state, batch["image"], mean=mean, std=std)
+    masks = crop_like(batch["mask"].astype(jnp.float32), logits)
+    per_image = jax.vmap(lambda x, y: loss_fn(x[None], y[None]))(logits, masks)
+    return {"loss": per_image, "counts": metrics.confusion_counts(logits[..., 0] > 0, masks)}
+
+
+class Steps(NamedTuple):
+    train: Any  # (state, batch, rng) -> (state, metrics), state donated
+    eval: Any  # (state, batch) -> per-image loss and counts
+    predict: Any  # (state, images_u8) -> logits
+
+
+def create_steps(config: Config, mesh) -> Steps:
+    """jit the steps with the batch sharded over the mesh and the state replicated."""
+    loss_fn = losses.create_loss(config.train)
+    norm = dict(mean=config.data.mean, std=config.data.std)
+    rep, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    train = functools.partial(train_step, loss_fn=loss_fn, level=config.train.aug, **norm)
+    evaluate = functools.partial(eval_step, loss_fn=loss_fn, **norm)
+    return Steps(
+        jax.jit(train, in_shardings=(rep, shard, rep), out_shardings=(rep, rep), donate_argnums=0),
+        jax.jit(evaluate, in_shardings=(rep, shard), out_shardings=shard),
+        jax.jit(
+            functools.partial(predict_logits, **norm),
+            in_shardings=(rep, shard),
+            out_shardings=shard,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def resolve_data_dir(config: DataConfig) -> Path:
+    return Path(config.data_dir) if config.data_dir else demo_data_dir()
+
+
+def load_splits(config: Config) -> tuple[Config, Splits]:
+    """Decode the labelled images, split them, and fill in the normalisation statistics."""
+    d = config.data
+    layout = data.discover(resolve_data_dir(d))
+    arrays = data.load(layout.train, d.image_size, d.grayscale, d.cache_dir or None)
+    parts = data.split(len(arrays.ids), d.split_seed, d.val_fraction, d.test_fraction)
+    if len(parts["train"]) < config.train.batch_size:
+        raise data.DataError(
+            f"{len(parts['train'])} training images: fewer than one batch "
+            f"({config.train.batch_size}); lower --batch-size"
+        )
+    if d.normalize == "dataset" and not d.mean:
+        mean, std = data.channel_stats(arrays.images[parts["train"]])
+    elif d.normalize == "imagenet":
+        mean, std = augment.IMAGENET_MEAN[: d.channels], augment.IMAGENET_STD[: d.channels]
+    elif d.normalize == "none":
+        mean, std = (), ()
+    else:
+        mean, std = d.mean, d.std
+    config = dataclasses.replace(config, data=dataclasses.replace(d, mean=mean, std=std))
+    return config, Splits(arrays, parts["train"], parts["val"], parts["test"])
+
+
+def _host_batch(arrays: data.Arrays, idx: np.ndarray, rows: slice) -> dict[str, np.ndarray]:
+    idx = idx[rows]
+    return {"image": np.asarray(arrays.images[idx]), "mask": np.asarray(arrays.masks[idx])}
+
+
+def evaluate(steps: Steps, state, arrays: data.Arrays, indices, batch_size: int, mesh) -> dict:
+    """Mean loss and Dice, IoU, ... over `indices` (padding never scored)."""
+    losses_, counts = [], []
+    rows = parallel.local_slice(batch_size)
+    for idx, valid in data.eval_batches(len(indices), batch_size):
+        batch = parallel.shard_batch(_host_batch(arrays, indices[idx], rows), mesh, batch_size)
+        out = steps.eval(state, batch)
+        losses_.append(parallel.gather(out["loss"])[valid])
+        counts.append(parallel.gather(out["counts"])[valid])
+    summary = metrics.summarize(np.concatenate(counts))
+    return {"loss": float(np.mean(np.concatenate(losses_))), **summary}
+
+
+def predict_probs(steps: Steps, state, images_u8: np.ndarray, batch_size: int, mesh) -> np.ndarray:
+    """Sigmoid probabilities [N, h, w] for a small host array of images (padded batches)."""
+    out = []
+    rows = parallel.local_slice(batch_size)
+    for idx, valid in data.eval_batches(len(images_u8), batch_size):
+        batch = parallel.shard_batch({"image": np.asarray(images_u8[idx])[rows]}, mesh, batch_size)
+        logits = parallel.gather(steps.predict(state, batch["image"]))
+        out.append(logits[valid, ..., 0])
+    return 1.0 / (1.0 + np.exp(-np.concatenate(out)))
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def _preview(steps, state, splits: Splits, config: Config, mesh, path: Path) -> None:
+    idx = splits.val[: config.train.preview_count]
+    images, masks = splits.arrays.images[idx], splits.arrays.masks[idx]
+    probs = predict_probs(steps, state, images, config.train.eval_batch_size, mesh)
+    h, w = probs.shape[1:]
+    crop = lambda x: np.asarray(center_crop(np.asarray(x)[..., None] if x.ndim == 3 else x, h, w))
+    viz.save_preview(crop(images), crop(masks)[..., 0], probs, path)
+
+
+def fit(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True):
+    """Train (or resume) into run_dir; return the last metrics row.
+
+    Resuming from the latest checkpoint gives the same parameters and metrics rows as a run
+    that never stopped: the state, the data position and the early-stopping record are restored,
+    and randomness is a function of (seed, step) and the batch order of (seed, epoch).
+    """
+    run_dir = Path(run_dir)
+    tc = config.train
+    parallel.check_batch_size(tc.batch_size)
+    parallel.check_batch_size(tc.eval_batch_size, "--eval-batch-size")
+    mesh = parallel.create_mesh()
+    lead = jax.process_index() == 0
+    config, splits = load_splits(config)
+    if not len(splits.val):
+        raise data.DataError("the validation split is empty: raise --val-fraction")
+    spe = data.steps_per_epoch(len(splits.train), tc.batch_size)
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.json")
+    steps = create_steps(config, mesh)
+    rng = jax.random.key(tc.seed)
+    state = jax.device_put(
+        create_train_state(config, jax.random.fold_in(rng, 0), spe), parallel.replicated(mesh)
+    )
+    manager = checkpoint.create_manager(run_dir / "checkpoints")
+    record = {"epoch": 0, "position": [0, 0], "best_dice": -1.0, "best_epoch": 0, "bad_epochs": 0}
+    metrics_path = run_dir / "metrics.jsonl"
+    rows: list[dict] = []
+    if resume and manager.latest_step() is not None:
+        state, meta = checkpoint.restore(manager, manager.latest_step(), state)
+        record = {k: meta[k] for k in record}
+        rows = writer.trim_metrics(metrics_path, record["epoch"]) if lead else []
+    elif lead:
+        metrics_path.unlink(missing_ok=True)
+    train_rng = jax.random.fold_in(rng, 1)
+    local_rows = parallel.local_slice(tc.batch_size)
+    last_row: dict[str, Any] = rows[-1] if rows else {}
+    start_epoch, start_index = record["position"]
+    try:
+        for epoch in range(start_epoch, tc.epochs):
+            if tc.early_stop and record["bad_epochs"] >= tc.early_stop:
+                break
+            bar = tqdm(
+                total=spe * tc.batch_size,
+                initial=start_index * tc.batch_size,
+                desc=f"epoch {epoch + 1}/{tc.epochs}",
+                unit="img",
+                disable=not (progress and lead),
+                leave=False,
+                dynamic_ncols=True,
+            )
+            step_losses = []
+            tic = time.perf_counter()
+            for index, idx in data.train_batches(
+                len(splits.train), tc.batch_size, tc.seed, epoch, start_index
+            ):
+                batch = parallel.shard_batch(
+                    _host_batch(splits.arrays, splits.train[idx], local_rows), mesh, tc.batch_size
+                )
+                state, out = steps.train(state, batch, train_rng)
+                step_losses.append(out["loss"])
+                if index % 10 == 0 and len(step_losses) > 1:  # read one step late: no stall
+                    _check_finite(float(step_losses[-2]), epoch, index, manager)
+                    bar.set_postfix(loss=f"{float(step_losses[-2]):.4f}")
+                bar.update(tc.batch_size)
+            bar.close()
+            start_index = 0
+            train_loss = (
+                float(np.mean(jax.device_get(step_losses))) if step_losses else float("nan")
+            )
+            _check_finite(train_loss, epoch, spe, manager)
+            seconds = time.perf_counter() - tic
+            val = evaluate(steps, state, splits.arrays, splits.val, tc.eval_batch_size, mesh)
+            row = {
+                "epoch": epoch + 1,
+                "step": int(state.step),
+                "lr": learning_rate(state),
+                "train_loss": train_loss,
+                **{f"val_{k}": v for k, v in val.items()},
+            }
+            state = step_plateau(state, tc, val["loss"])
+            if val["dice"] > record["best_dice"]:
+                record.update(best_dice=val["dice"], best_epoch=epoch + 1, bad_epochs=0)
+            else:
+                record["bad_epochs"] += 1
+            record.update(epoch=epoch + 1, position=[epoch + 1, 0])
+            meta = {**record, "metrics": row, "config": config.to_dict()}
+            checkpoint.save(manager, epoch + 1, state, meta)
+            if lead:
+                writer.append_metrics(metrics_path, row)
+                rows.append(row)
+                writer.append_metrics(
+                    run_dir / "timing.jsonl",
+                    {
+                        "epoch": epoch + 1,
+                        "train_seconds": seconds,
+                        "train_img_per_s": len(step_losses) * tc.batch_size / max(seconds, 1e-9),
+                    },
+                )
+                _preview(
+                    steps,
+                    state,
+                    splits,
+                    config,
+                    mesh,
+                    run_dir / f"previews/epoch_{epoch + 1:03d}.png",
+                )
+                viz.save_curves(rows, run_dir / "curves.png")
+                _report(row, record, seconds)
+            last_row = row
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+    return last_row
+
+
+def _check_finite(loss: float, epoch: int, index: int, manager) -> None:
+    if not math.isfinite(loss):
+        manager.wait_until_finished()
+        latest = manager.latest_step()
+        kept = (
+            f"the last good checkpoint is epoch {latest}" if latest else "no checkpoint was saved"
+        )
+        raise FloatingPointError(
+            f"non-finite training loss ({loss}) in epoch {epoch + 1}, step {index}; {kept} in "
+            f"{manager.directory}. Lower --lr, or try --precision fp32."
+        )
+
+
+def _report(row: dict, record: dict, seconds: float) -> None:
+    best = " (best)" if record["best_epoch"] == row["epoch"] else ""
+    tqdm.write(
+        f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+        f"val Dice {row['val_dice']:.4f}{best}  IoU {row['val_iou']:.4f}  lr {row['lr']:.2e}  "
+        f"{seconds:.1f}s"
+    )
+
+
+def default_cache_dir() -> str:
+    return str(cache_root() / "arrays")

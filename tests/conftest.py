@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny synthetic dataset and a tiny config; JAX set up for fast, strict tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SEGJAX_CACHE", str(ROOT / ".cache" / "test"))
+from segjax import runtime  # noqa: E402
+
+runtime.configure()  # the CLI's XLA flags and the persistent compilation cache, before JAX starts
+
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")  # catch [B,H,W] vs [B,H,W,1] mix-ups
+
+from segjax import synthetic  # noqa: E402
+from segjax.config import Config, DataConfig, ModelConfig, TrainConfig  # noqa: E402
+
+CCP = ROOT.parent / "shared" / "data" / "ccp_person"
+TINY_SIZES = ((40, 40), (36, 48), (48, 36))
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """40 labelled and 9 test images, small and of several sizes, in the competition layout."""
+    root = tmp_path_factory.mktemp("data") / "demo"
+    return synthetic.generate(root, n_train=40, n_test=9, seed=3, sizes=TINY_SIZES)
+
+
+def make_tiny_config(data_dir: Path | str, **train) -> Config:
+    """A model and images small enough that a step compiles in seconds."""
+    return Config(
+        name="tiny",
+        data=DataConfig(data_dir=str(data_dir), image_size=(32, 32), val_fraction=0.2),
+        model=ModelConfig(arch="unet", features=4, depth=2),
+        train=dataclasses.replace(
+            TrainConfig(batch_size=4, eval_batch_size=4, epochs=2, lr=3e-3, preview_count=2),
+            **train,
+        ),
+    )
+
+
+@pytest.fixture
+def tiny_config(demo_dir) -> Config:
+    return make_tiny_config(demo_dir)
+
+
+def ccp_or_skip() -> Path:
+    if not (CCP / "images").is_dir():
+        pytest.skip(f"real-photo data not found at {CCP} (it ships beside the repository only)")
+    return CCP

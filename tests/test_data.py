@@ -1,0 +1,210 @@
+"""Data layer: discovery, decoding, cache, split, batch order, and errors on bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segjax import data, synthetic
+
+
+def _write(root, name, array, mode=None):
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+    return path
+
+
+def _pair(root, stem, h=6, w=5, sub="train"):
+    _write(root, f"{sub}/images/{stem}.png", np.full((h, w, 3), 100, np.uint8))
+    mask = np.zeros((h, w), np.uint8)
+    mask[1:3, 1:3] = 255
+    _write(root, f"{sub}/masks/{stem}.png", mask)
+
+
+def test_discover_pairs_by_stem_and_orders_test_ids_from_sample_submission(demo_dir):
+    layout = data.discover(demo_dir)
+    assert len(layout.train) == 40 and len(layout.test) == 9
+    assert all(s.image.stem == s.mask.stem for s in layout.train)
+    assert [s.id for s in layout.train] == sorted(s.id for s in layout.train)
+    csv_ids = [line.split(",")[0] for line in (demo_dir / "sample_submission.csv").read_text().split()[1:]]
+    assert [s.id for s in layout.test] == csv_ids
+    assert csv_ids != sorted(csv_ids)  # the demo deliberately shuffles the rows
+
+
+def test_without_sample_submission_ids_sort_as_strings(tmp_path):
+    _pair(tmp_path, "a")
+    for name in ("10.png", "9.png", "100.jpg"):
+        _write(tmp_path, f"test/images/{name}", np.zeros((4, 4, 3), np.uint8))
+    assert [s.id for s in data.discover(tmp_path).test] == ["10.png", "100.jpg", "9.png"]
+
+
+def test_plain_images_and_masks_folder(tmp_path):
+    _pair(tmp_path, "x", sub=".")
+    layout = data.discover(tmp_path)
+    assert [s.id for s in layout.train] == ["x.png"] and layout.test == ()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16"])
+def test_images_of_every_mode_decode_to_rgb_uint8(tmp_path, mode):
+    gray = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
+    if mode == "I;16":
+        image = Image.fromarray(gray.astype(np.uint16) * 257)  # 16-bit grayscale
+    else:
+        image = Image.fromarray(gray, "L").convert(mode)
+    image.save(tmp_path / "x.png")
+    rgb = np.asarray(data.read_image(tmp_path / "x.png"))
+    assert rgb.shape == (6, 8, 3) and rgb.dtype == np.uint8
+    np.testing.assert_allclose(rgb[..., 0].astype(int), gray, atol=1)
+    assert np.asarray(data.read_image(tmp_path / "x.png", grayscale=True)).shape == (6, 8)
+
+
+@pytest.mark.parametrize("encoding", ["0/1", "0/255", "rgb 0/1", "rgb 0/255", "palette"])
+def test_masks_are_channel_zero_above_zero_whatever_the_encoding(tmp_path, encoding):
+    truth = np.zeros((5, 7), np.uint8)
+    truth[1:4, 2:5] = 1
+    value = 1 if "0/1" in encoding else 255
+    if encoding.startswith("rgb"):
+        image = Image.fromarray(np.repeat(truth[..., None] * value, 3, axis=2), "RGB")
+    elif encoding == "palette":
+        image = Image.fromarray(truth, "L").convert("P")
+        image.putpalette([0, 0, 0, 0, 128, 0] + [0] * 762)  # index 1 is green: channel R = 0
+    else:
+        image = Image.fromarray(truth * value, "L")
+    image.save(tmp_path / "m.png")
+    np.testing.assert_array_equal(data.read_mask(tmp_path / "m.png"), truth)
+
+
+def test_load_resizes_to_non_square_size_and_remembers_original_sizes(demo_dir):
+    layout = data.discover(demo_dir)
+    arrays = data.load(layout.train[:6], (24, 16))
+    assert arrays.images.shape == (6, 24, 16, 3) and arrays.images.dtype == np.uint8
+    assert arrays.masks.shape == (6, 24, 16) and set(np.unique(arrays.masks)) <= {0, 1}
+    expected = [Image.open(s.image).size[::-1] for s in layout.train[:6]]
+    assert [tuple(s) for s in arrays.sizes] == expected
+    assert len({tuple(s) for s in arrays.sizes}) > 1
+    test = data.load(layout.test, (24, 16))
+    assert test.masks is None and test.ids == tuple(s.id for s in layout.test)
+
+
+def test_cache_is_reused_and_invalidated(tmp_path, demo_dir):
+    root = tmp_path / "d"
+    shutil.copytree(demo_dir, root)
+    cache = tmp_path / "cache"
+    samples = data.discover(root).train
+    first = data.load(samples, (16, 16), cache_dir=cache)
+    files = sorted(cache.glob("*.npy"))
+    assert len(files) == 3
+    again = data.load(samples, (16, 16), cache_dir=cache)
+    assert isinstance(again.images, np.memmap)  # read back, not decoded again
+    np.testing.assert_array_equal(first.images, again.images)
+    data.load(samples, (16, 16), grayscale=True, cache_dir=cache)  # another mode: another key
+    assert len(list(cache.glob("*.npy"))) == 6
+    blank = np.zeros(np.asarray(Image.open(samples[0].image)).shape[:2] + (3,), np.uint8)
+    Image.fromarray(blank).save(samples[0].image)  # the same file replaced
+    changed = data.load(data.discover(root).train, (16, 16), cache_dir=cache)
+    assert changed.images[0].max() == 0 and len(list(cache.glob("*.npy"))) == 9
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    parts = data.split(100, seed=1, val_fraction=0.1, test_fraction=0.1)
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [80, 10, 10]
+    joined = np.concatenate(list(parts.values()))
+    assert sorted(joined.tolist()) == list(range(100))
+    again = data.split(100, seed=1, val_fraction=0.1, test_fraction=0.1)
+    assert all(np.array_equal(parts[k], again[k]) for k in parts)
+    other = data.split(100, seed=2, val_fraction=0.1, test_fraction=0.1)
+    assert not np.array_equal(parts["val"], other["val"])
+
+
+def test_batch_order_is_a_pure_function_of_seed_and_epoch_and_resumes_mid_epoch():
+    full = list(data.train_batches(23, 4, seed=5, epoch=3))
+    assert [i for i, _ in full] == list(range(5))  # 23 // 4: the partial batch is dropped
+    assert all(len(b) == 4 for _, b in full)
+    assert len(set(np.concatenate([b for _, b in full]).tolist())) == 20
+    resumed = list(data.train_batches(23, 4, seed=5, epoch=3, start=2))
+    assert [(i, b.tolist()) for i, b in resumed] == [(i, b.tolist()) for i, b in full[2:]]
+    other_epoch = np.concatenate([b for _, b in data.train_batches(23, 4, seed=5, epoch=4)])
+    assert other_epoch.tolist() != np.concatenate([b for _, b in full]).tolist()
+
+
+def test_eval_batches_pad_the_last_batch_and_mark_the_padding():
+    batches = list(data.eval_batches(7, 3))
+    assert [b[0].tolist() for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 0, 0]]
+    assert [b[1].tolist() for b in batches][-1] == [True, False, False]
+
+
+def test_unpaired_files_are_named(tmp_path):
+    _pair(tmp_path, "a")
+    _write(tmp_path, "train/images/b.png", np.zeros((6, 5, 3), np.uint8))
+    _write(tmp_path, "train/masks/c.png", np.zeros((6, 5), np.uint8))
+    with pytest.raises(data.DataError) as err:
+        data.discover(tmp_path)
+    assert "b.png: image without a mask" in str(err.value)
+    assert "c.png: mask without an image" in str(err.value)
+
+
+def test_truncated_image_is_named_and_nothing_is_cached(tmp_path):
+    _pair(tmp_path, "a")
+    _pair(tmp_path, "b")
+    bad = tmp_path / "train/images/b.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    cache = tmp_path / "cache"
+    with pytest.raises(data.DataError, match=r"b\.png: unreadable or truncated"):
+        data.load(data.discover(tmp_path).train, (4, 4), cache_dir=cache)
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_mask_of_another_size_is_named(tmp_path):
+    _pair(tmp_path, "a")
+    _write(tmp_path, "train/masks/a.png", np.zeros((7, 5), np.uint8))
+    with pytest.raises(data.DataError, match=r"masks/a\.png: mask is 5x7 .* a\.png is 5x6"):
+        data.load(data.discover(tmp_path).train, (4, 4))
+
+
+def test_empty_folders_and_missing_folders(tmp_path):
+    (tmp_path / "train/images").mkdir(parents=True)
+    (tmp_path / "train/masks").mkdir(parents=True)
+    with pytest.raises(data.DataError, match="no images"):
+        data.discover(tmp_path)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(data.DataError, match="expected train/images"):
+        data.discover(tmp_path / "other")
+    with pytest.raises(data.DataError, match="no such data folder"):
+        data.discover(tmp_path / "nowhere")
+
+
+def test_two_files_with_one_stem(tmp_path):
+    _pair(tmp_path, "a")
+    _write(tmp_path, "train/images/a.jpg", np.zeros((6, 5, 3), np.uint8))
+    with pytest.raises(data.DataError, match="two files with the stem 'a'"):
+        data.discover(tmp_path)
+
+
+def test_sample_submission_ids_missing_from_test_images(tmp_path):
+    _pair(tmp_path, "a")
+    _write(tmp_path, "test/images/1.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "sample_submission.csv").write_text("id,encoded_pixels\n1.png,\n2.png,\n")
+    with pytest.raises(data.DataError, match=r"sample_submission\.csv: 1 ids have no file.*2\.png"):
+        data.discover(tmp_path)
+
+
+def test_synthetic_data_is_deterministic_and_has_the_competition_quirks(tmp_path):
+    a = synthetic.generate(tmp_path / "a", n_train=36, n_test=4, seed=9)
+    b = synthetic.generate(tmp_path / "b", n_train=36, n_test=4, seed=9)
+    names = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert names == sorted(p.relative_to(b) for p in b.rglob("*.png"))
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    images = [Image.open(p) for p in sorted((a / "train/images").iterdir())]
+    assert {im.mode for im in images} == {"RGB", "L", "RGBA"}
+    assert len({im.size for im in images}) >= 3 and any(w != h for w, h in (im.size for im in images))
+    masks = [Image.open(p) for p in sorted((a / "train/masks").iterdir())]
+    rgb01 = [np.asarray(m) for m in masks if m.mode == "RGB"]
+    assert rgb01 and all(m.max() <= 1 for m in rgb01)
+    fractions = [data.read_mask(p).mean() for p in sorted((a / "train/masks").iterdir())]
+    assert 0.03 < np.mean(fractions) < 0.4
+    with pytest.raises(FileExistsError):
+        synthetic.generate(a, n_train=1, n_test=1)

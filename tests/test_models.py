@@ -1,0 +1,152 @@
+"""Models: shapes at several sizes, parameter counts, the fast up-convolution, gradients, modes."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from segjax import losses
+from segjax.config import ModelConfig
+from segjax.models import ARCHS, create_model, output_size
+from segjax.models.layers import UpConv
+
+TINY = dict(features=4, depth=2)
+
+
+def tiny(arch: str, **kw) -> ModelConfig:
+    return ModelConfig(arch=arch, **{**TINY, **kw})
+
+
+def n_params(variables) -> int:
+    return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+
+def init(config: ModelConfig, shape, dtype=jnp.float32):
+    model = create_model(config)
+    x = jax.random.normal(jax.random.key(0), shape, dtype)
+    variables = model.init({"params": jax.random.key(1)}, x, train=False)
+    return model, variables, x
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_arch_any_size_jit_equals_eager(arch):
+    sizes = [(44, 60), (50, 46)] if arch == "unet-valid" else [(20, 28), (30, 18)]
+    counts = []
+    for h, w in sizes:  # one non-square, one not a multiple of 2**depth
+        config = tiny(arch)
+        model, variables, x = init(config, (2, h, w, 3))
+        eager = model.apply(variables, x, train=False)
+        jitted = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+        assert eager.shape == (2, *output_size(config, h, w), 1)
+        assert eager.dtype == jnp.float32
+        np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
+        counts.append(n_params(variables))
+    assert counts[0] == counts[1]
+    if arch != "unet-valid":
+        assert output_size(tiny(arch), 30, 18) == (30, 18)
+
+
+def test_unet_valid_output_is_smaller_and_matches_the_paper():
+    assert output_size(ModelConfig(arch="unet-valid", depth=4), 572, 572) == (388, 388)
+    assert output_size(tiny("unet-valid"), 44, 60) == (4, 20)
+
+
+def test_classic_2015_unet_has_31_030_593_parameters():
+    config = ModelConfig(arch="unet-valid", features=64, depth=4, batch_norm=False)
+    model = create_model(config)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 572, 572, 1)),
+                                               train=False))  # fmt: skip
+    assert n_params(shapes) == 31_030_593
+
+
+def test_every_option_builds():
+    options = [dict(batch_norm=False), dict(dropout=0.2, dropout_deep_only=True),
+               dict(double_conv=True), dict(activation="leaky_relu"), dict(upsample="resize"),
+               dict(dtype="bfloat16"), dict(arch="unetpp", deep_supervision=True)]  # fmt: skip
+    base = n_params(init(tiny("unet"), (1, 16, 16, 3))[1])
+    for option in options:
+        config = tiny(option.pop("arch", "unet"), **option)
+        model, variables, x = init(config, (1, 16, 16, 3))
+        y = model.apply(variables, x, train=False)
+        assert y.shape == (1, 16, 16, 1) and y.dtype == jnp.float32, config
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+    assert n_params(init(tiny("unet", double_conv=True), (1, 16, 16, 3))[1]) > base
+
+
+def test_upconv_equals_transposed_convolution_with_the_same_weights():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 7, 6))
+    transposed = nn.ConvTranspose(4, (2, 2), strides=(2, 2))
+    tv = transposed.init(jax.random.key(1), x)
+    kernel, bias = tv["params"]["kernel"], tv["params"]["bias"]
+    # ConvTranspose applies its kernel spatially flipped; UpConv holds [C, 2, 2, F] as 1x1 -> 4F.
+    kernel4 = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(1, 1, 6, 16)
+    fast = UpConv(4).apply({"params": {"kernel4": {"kernel": kernel4}, "bias": bias}}, x)
+    np.testing.assert_allclose(fast, transposed.apply(tv, x), rtol=1e-5, atol=1e-5)
+    assert n_params(UpConv(4).init(jax.random.key(2), x)) == n_params(tv)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_gradients_match_finite_differences_in_float64(arch):
+    with jax.enable_x64(True):
+        config = tiny(arch, features=2, dtype="float64")
+        shape = (2, 44, 44, 3) if arch == "unet-valid" else (2, 8, 8, 3)
+        model, variables, x = init(config, shape, jnp.float64)
+
+        def f(params):
+            out, _ = model.apply({**variables, "params": params}, x, train=True,
+                                 mutable=["batch_stats"])  # fmt: skip
+            return jnp.sum(jnp.tanh(out))
+
+        check_grads(f, (variables["params"],), order=1, modes=["rev"], eps=1e-6, atol=1e-4,
+                    rtol=1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_parameter_receives_a_gradient_from_bce_dice(arch):
+    config = tiny(arch, deep_supervision=arch == "unetpp")
+    shape = (4, 44, 44, 3) if arch == "unet-valid" else (4, 16, 16, 3)
+    model, variables, x = init(config, shape)
+    out_h, out_w = output_size(config, *shape[1:3])
+    masks = (jax.random.uniform(jax.random.key(5), (4, out_h, out_w)) > 0.5).astype(jnp.float32)
+
+    def loss(params):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                                mutable=["batch_stats"])  # fmt: skip
+        return losses.bce(logits, masks) + losses.dice(logits, masks)
+
+    grads = jax.grad(loss)(variables["params"])
+    flat = jax.tree_util.tree_leaves_with_path(grads)
+    dead = [jax.tree_util.keystr(path) for path, g in flat if not jnp.any(g != 0)]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+def test_dropout_only_in_training_and_batchnorm_modes():
+    config = tiny("unet", dropout=0.5)
+    model, variables, x = init(config, (4, 16, 16, 3))
+    run = lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
+                                  mutable=["batch_stats"])[0]  # fmt: skip
+    assert not np.allclose(run(jax.random.key(1)), run(jax.random.key(2)))
+    eval_a = model.apply(variables, x, train=False)
+    np.testing.assert_array_equal(eval_a, model.apply(variables, x, train=False))
+    # Training normalises with the batch's statistics and updates the running averages;
+    # evaluation uses the running averages, so the same weights give other outputs.
+    no_drop = tiny("unet")
+    model, variables, x = init(no_drop, (4, 16, 16, 3))
+    train_out, updated = model.apply(variables, x * 3 + 1, train=True, mutable=["batch_stats"])
+    eval_out = model.apply(variables, x * 3 + 1, train=False)
+    assert not np.allclose(train_out, eval_out, atol=1e-3)
+    before = jax.tree.leaves(variables["batch_stats"])
+    after = jax.tree.leaves(updated["batch_stats"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+    # A batch of one image is normalised by its own statistics in training, not in evaluation.
+    single = model.apply(variables, x[:1], train=False)
+    np.testing.assert_allclose(single, model.apply(variables, x, train=False)[:1], atol=1e-5)
+
+
+def test_unknown_arch_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown arch 'vnet'; choose one of"):
+        create_model(ModelConfig(arch="vnet"))
