@@ -24,6 +24,8 @@ def create_manager(directory: str | os.PathLike, read_only: bool = False) -> ocp
     )
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preserve,
+        best_fn=lambda m: m[BEST_METRIC],  # for best_step(); preservation is the policy's job
+        best_mode="max",
         read_only=read_only,
         create=not read_only,
         cleanup_tmp_directories=not read_only,

@@ -98,6 +98,12 @@ def train_parser() -> argparse.ArgumentParser:
         help="continue the run in --run-dir/--name (default: newest) from its "
         "latest checkpoint; --epochs and --early-stop may be raised",
     )
+    parser.add_argument(
+        "--stop-at-epoch",
+        type=int,
+        help="stop after this epoch (the schedule still spans --epochs); "
+        "continue later with --resume, e.g. across Kaggle sessions",
+    )
     parser.add_argument("--no-tune", action="store_true", help="skip threshold tuning at the end")
     parser.add_argument(
         "--distributed",
@@ -168,3 +174,74 @@ def train_main(argv: list[str] | None = None) -> None:
     runs.train_run(
         config, run_dir, resume=args.resume, tune=not args.no_tune, progress=not args.no_progress
     )
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", help="run folder (default: the newest under runs/)")
+    parser.add_argument("--checkpoint", default="best", help="best, latest or an epoch number")
+    parser.add_argument("--batch-size", type=int, help="prediction batch (default: the run's)")
+    parser.add_argument("--default-xla-flags", action="store_true",
+                        help="do not set segjax's XLA:CPU speed flags")  # fmt: skip
+
+
+def submit_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Predict every test image and write a validated Kaggle submission CSV.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _common(parser)
+    parser.add_argument("--data-dir", help="data folder with test/images (default: the run's)")
+    parser.add_argument("--out", help="output CSV (default <run>/submission.csv)")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", action="store_true", default=None, help="flip TTA on")
+    tta.add_argument("--no-tta", dest="tta", action="store_false", help="flip TTA off")
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: tuned)")
+    parser.add_argument("--no-postprocess", action="store_true", help="threshold only")
+    parser.add_argument("--order", choices=["F", "C"], default="F",
+                        help="RLE pixel order: F column-major (competition), C row-major")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def submit_main(argv: list[str] | None = None) -> None:
+    """scripts/submit.py"""
+    args = submit_parser().parse_args(argv)
+    runtime.configure(fast_cpu=not args.default_xla_flags)
+    from segjax import runs
+    from segjax.submission import make_submission
+
+    run_dir = Path(args.run_dir) if args.run_dir else runs.newest_run()
+    report = make_submission(run_dir, args.data_dir, args.out, args.checkpoint, args.batch_size,
+                             args.tta, args.threshold, not args.no_postprocess, args.order,
+                             progress=not args.no_progress)  # fmt: skip
+    pp = report.postprocess
+    print(f"wrote {report.path}: {report.rows} rows, {report.empty_fraction:.1%} empty masks "
+          f"(checkpoint {report.checkpoint}, threshold {pp.threshold}, TTA "
+          f"{'on' if report.tta else 'off'}, post-processing {pp if pp.active else 'off'})")  # fmt: skip
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Dice, IoU, precision, recall, accuracy and confusion matrix of a run on its "
+        "validation or held-out test split, with and without post-processing and flip TTA, "
+        "plus a PNG of the 8 worst images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _common(parser)
+    parser.add_argument("--split", choices=["val", "test"], default="val", help="which split")
+    parser.add_argument("--out-dir", help="where to write the JSON and PNG (default: the run)")
+    return parser
+
+
+def evaluate_main(argv: list[str] | None = None) -> None:
+    """scripts/evaluate.py"""
+    args = evaluate_parser().parse_args(argv)
+    runtime.configure(fast_cpu=not args.default_xla_flags)
+    from segjax import runs
+    from segjax.evaluate import evaluate_run, format_report
+
+    run_dir = Path(args.run_dir) if args.run_dir else runs.newest_run()
+    report = evaluate_run(run_dir, args.split, args.checkpoint, args.batch_size, args.out_dir)
+    out = Path(args.out_dir) if args.out_dir else run_dir
+    print(format_report(report))
+    print(f"wrote {out / f'evaluation_{args.split}.json'} and {out / f'worst_{args.split}.png'}")

@@ -236,8 +236,18 @@ def _preview(steps, state, splits: Splits, config: Config, mesh, path: Path) -> 
     viz.save_preview(crop(images), crop(masks)[..., 0], probs, path)
 
 
-def fit(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True):
+def fit(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_at_epoch: int | None = None,
+    progress: bool = True,
+):
     """Train (or resume) into run_dir; return the last metrics row.
+
+    `stop_at_epoch` ends this process's work after that epoch (the schedule still spans all
+    `config.train.epochs`); a later `resume=True` call continues.
 
     Resuming from the latest checkpoint gives the same parameters and metrics rows as a run
     that never stopped: the state, the data position and the early-stopping record are restored,
@@ -276,7 +286,7 @@ def fit(config: Config, run_dir: str | Path, *, resume: bool = False, progress: 
     last_row: dict[str, Any] = rows[-1] if rows else {}
     start_epoch, start_index = record["position"]
     try:
-        for epoch in range(start_epoch, tc.epochs):
+        for epoch in range(start_epoch, min(tc.epochs, stop_at_epoch or tc.epochs)):
             if tc.early_stop and record["bad_epochs"] >= tc.early_stop:
                 break
             bar = tqdm(
@@ -368,10 +378,11 @@ def _check_finite(loss: float, epoch: int, index: int, manager) -> None:
 
 def _report(row: dict, record: dict, seconds: float) -> None:
     best = " (best)" if record["best_epoch"] == row["epoch"] else ""
-    tqdm.write(
+    print(
         f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
         f"val Dice {row['val_dice']:.4f}{best}  IoU {row['val_iou']:.4f}  lr {row['lr']:.2e}  "
-        f"{seconds:.1f}s"
+        f"{seconds:.1f}s",
+        flush=True,
     )
 
 

@@ -30,7 +30,9 @@ def test_discover_pairs_by_stem_and_orders_test_ids_from_sample_submission(demo_
     assert len(layout.train) == 40 and len(layout.test) == 9
     assert all(s.image.stem == s.mask.stem for s in layout.train)
     assert [s.id for s in layout.train] == sorted(s.id for s in layout.train)
-    csv_ids = [line.split(",")[0] for line in (demo_dir / "sample_submission.csv").read_text().split()[1:]]
+    csv_ids = [
+        line.split(",")[0] for line in (demo_dir / "sample_submission.csv").read_text().split()[1:]
+    ]
     assert [s.id for s in layout.test] == csv_ids
     assert csv_ids != sorted(csv_ids)  # the demo deliberately shuffles the rows
 
@@ -200,7 +202,9 @@ def test_synthetic_data_is_deterministic_and_has_the_competition_quirks(tmp_path
     assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
     images = [Image.open(p) for p in sorted((a / "train/images").iterdir())]
     assert {im.mode for im in images} == {"RGB", "L", "RGBA"}
-    assert len({im.size for im in images}) >= 3 and any(w != h for w, h in (im.size for im in images))
+    assert len({im.size for im in images}) >= 3 and any(
+        w != h for w, h in (im.size for im in images)
+    )
     masks = [Image.open(p) for p in sorted((a / "train/masks").iterdir())]
     rgb01 = [np.asarray(m) for m in masks if m.mode == "RGB"]
     assert rgb01 and all(m.max() <= 1 for m in rgb01)

@@ -1,0 +1,159 @@
+"""Predict, tune, submit and evaluate end to end on a tiny trained run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segjax import data, postprocess, predict, rle, runs, submission, tune
+from segjax.postprocess import PostProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, demo_dir):
+    from tests.conftest import make_tiny_config
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    runs.train_run(make_tiny_config(demo_dir), run_dir, progress=False)
+    return run_dir
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_tuned_json_is_written_at_the_end_of_training(trained_run):
+    record = json.loads((trained_run / "tuned.json").read_text())
+    assert 0.3 <= record["postprocess"]["threshold"] <= 0.7
+    assert record["dice_tuned"] >= record["dice_threshold_only"] - 1e-9
+    assert record["dice_tuned"] >= record["dice_at_0.5"] - 1e-9
+    assert record["val_images"] == 8 and isinstance(record["tta"], bool)
+    assert tune.load_tuned(trained_run)[0] == PostProcess(**record["postprocess"])
+
+
+def test_batch_sizes_1_3_7_give_byte_identical_csvs(trained_run, tmp_path):
+    texts = []
+    for batch in (1, 3, 7):
+        report = submission.make_submission(trained_run, out=tmp_path / f"{batch}.csv",
+                                            batch_size=batch, progress=False)  # fmt: skip
+        assert report.rows == 9
+        texts.append((tmp_path / f"{batch}.csv").read_bytes())
+    assert texts[0] == texts[1] == texts[2]
+
+
+def test_submission_matches_direct_predictions_at_original_size(trained_run, demo_dir):
+    report = submission.make_submission(trained_run, progress=False)
+    assert report.path == trained_run / "submission.csv"
+    rows = read_rows(report.path)
+    layout = data.discover(demo_dir)
+    assert rows[0] == ["id", "encoded_pixels"]
+    assert [r[0] for r in rows[1:]] == [s.id for s in layout.test]  # sample_submission's order
+    loaded = predict.load_run(trained_run)
+    config = loaded.config
+    arrays = data.load(layout.test, config.data.image_size, config.data.grayscale)
+    probs = predict.predict_all(loaded, arrays.images, 4, report.tta)
+    params, _ = tune.load_tuned(trained_run)
+    for (image_id, encoded), prob, sample in zip(rows[1:], probs, layout.test, strict=True):
+        height, width = np.asarray(data.read_image(sample.image)).shape[:2]
+        decoded = rle.decode(encoded, (height, width))
+        expected = postprocess.apply(predict.resize_prob(prob, (height, width)), params)
+        assert decoded.shape == (height, width)
+        np.testing.assert_array_equal(decoded, expected, err_msg=image_id)
+
+
+def test_row_order_does_not_depend_on_the_directory_listing(trained_run, demo_dir, tmp_path,
+                                                           monkeypatch):  # fmt: skip
+    first = submission.make_submission(trained_run, out=tmp_path / "a.csv", progress=False)
+    listing = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: reversed(list(listing(self))))
+    second = submission.make_submission(trained_run, out=tmp_path / "b.csv", progress=False)
+    assert first.path.read_bytes() == second.path.read_bytes()
+    monkeypatch.undo()
+    # Without sample_submission.csv: ids sorted as strings.
+    copy = tmp_path / "data"
+    shutil.copytree(demo_dir, copy)
+    (copy / "sample_submission.csv").unlink()
+    third = submission.make_submission(trained_run, data_dir=copy, out=tmp_path / "c.csv",
+                                       progress=False)  # fmt: skip
+    ids = [r[0] for r in read_rows(third.path)[1:]]
+    assert ids == sorted(ids)
+    by_id = {r[0]: r[1] for r in read_rows(first.path)[1:]}
+    assert {r[0]: r[1] for r in read_rows(third.path)[1:]} == by_id
+
+
+def test_validation_catches_count_unknown_id_and_runs_past_the_end(tmp_path):
+    ids, sizes = ["a.png", "b.png"], [(4, 5), (3, 3)]
+    path = tmp_path / "s.csv"
+    submission.write_csv(path, ids, ["1 3", ""])
+    assert submission.validate(path, ids, sizes) == 0.5
+    submission.write_csv(path, ids[:1], ["1 3"])
+    with pytest.raises(ValueError, match="1 rows, expected one per test image"):
+        submission.validate(path, ids, sizes)
+    submission.write_csv(path, ["a.png", "c.png"], ["1 3", ""])
+    with pytest.raises(ValueError, match="unknown id 'c.png'"):
+        submission.validate(path, ids, sizes)
+    submission.write_csv(path, ids, ["1 3", "8 3"])
+    with pytest.raises(ValueError, match=r"s\.csv:3: id b\.png: bad RLE .* past the image"):
+        submission.validate(path, ids, sizes)
+    path.write_text("ImageId,EncodedPixels\n")
+    with pytest.raises(ValueError, match="header"):
+        submission.validate(path, ids, sizes)
+
+
+def test_threshold_and_no_postprocess_overrides(trained_run, tmp_path):
+    none = submission.make_submission(trained_run, out=tmp_path / "n.csv", threshold=1.01,
+                                      use_postprocess=False, progress=False)  # fmt: skip
+    assert none.empty_fraction == 1.0 and none.postprocess == PostProcess(1.01)
+    every = submission.make_submission(trained_run, out=tmp_path / "e.csv", threshold=0.0,
+                                       use_postprocess=False, progress=False)  # fmt: skip
+    for (image_id, encoded), size in zip(read_rows(every.path)[1:], _sizes(trained_run),
+                                         strict=True):  # fmt: skip
+        assert encoded == f"1 {size[0] * size[1]}", image_id
+
+
+def _sizes(run_dir):
+    from segjax.train import resolve_data_dir
+
+    config = predict.load_run(run_dir).config
+    layout = data.discover(resolve_data_dir(config.data))
+    return [np.asarray(data.read_image(s.image)).shape[:2] for s in layout.test]
+
+
+def test_evaluate_writes_metrics_and_the_worst_cases(trained_run, tmp_path):
+    from segjax.evaluate import evaluate_run, format_report
+
+    report = evaluate_run(trained_run, out_dir=tmp_path)
+    assert set(report["results"]) == {f"tta={t} postprocess={p}" for t in ("on", "off")
+                                      for p in ("on", "off")}  # fmt: skip
+    for result in report["results"].values():
+        c = result["confusion"]
+        assert 0 <= result["dice"] <= 1 and c["tp"] + c["fp"] + c["fn"] + c["tn"] > 0
+    assert (tmp_path / "worst_val.png").exists() and (tmp_path / "evaluation_val.json").exists()
+    assert "tta=on postprocess=on" in format_report(report)
+    with pytest.raises(ValueError, match="no 'test' split"):
+        evaluate_run(trained_run, split="test", out_dir=tmp_path)
+
+
+def test_scripts_run_from_the_command_line(trained_run, tmp_path):
+    for script, extra in (("submit.py", ["--out", str(tmp_path / "cli.csv")]),
+                          ("evaluate.py", ["--out-dir", str(tmp_path)])):  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / script), "--run-dir", str(trained_run), *extra],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "cli.csv").exists()
+    assert "tta=off postprocess=off" in result.stdout

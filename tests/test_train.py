@@ -1,0 +1,221 @@
+"""Train step, schedules, checkpoints, exact resume (new process), SIGKILL, early stop, NaN stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segjax import checkpoint, data, parallel, train, writer
+from segjax.config import TrainConfig, replace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def first_batch(config, n=4):
+    config, splits = train.load_splits(config)
+    idx = splits.train[:n]
+    return config, {"image": splits.arrays.images[idx], "mask": splits.arrays.masks[idx]}
+
+
+def test_one_step(tiny_config):
+    config, batch = first_batch(replace(tiny_config, train={"schedule": "constant"}))
+    mesh = parallel.create_mesh()
+    steps = train.create_steps(config, mesh)
+    state = train.create_train_state(config, jax.random.key(0), 10)
+    before = jax.tree.map(np.asarray, state.params)
+    state, out = steps.train(state, parallel.shard_batch(batch, mesh, 4), jax.random.key(1))
+    assert int(state.step) == 1
+    assert np.isfinite(float(out["loss"]))
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, state.params)
+    assert all(jax.tree.leaves(changed))
+
+
+def test_overfitting_a_fixed_batch_drives_the_loss_down(tiny_config):
+    config = replace(tiny_config, train={"aug": "none", "schedule": "constant", "lr": 1e-2})
+    config, batch = first_batch(config)
+    mesh = parallel.create_mesh()
+    steps = train.create_steps(config, mesh)
+    state = train.create_train_state(config, jax.random.key(0), 10)
+    batch = parallel.shard_batch(batch, mesh, 4)
+    losses = []
+    for _ in range(60):
+        state, out = steps.train(state, batch, jax.random.key(1))
+        losses.append(float(out["loss"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def lrs(config: TrainConfig, steps_per_epoch: int) -> np.ndarray:
+    schedule = train.create_schedule(config, steps_per_epoch)
+    return np.array([float(schedule(s)) for s in range(config.epochs * steps_per_epoch + 1)])
+
+
+def test_schedules():
+    base = TrainConfig(epochs=10, lr=1e-3, warmup_epochs=2)
+    np.testing.assert_allclose(lrs(dataclasses.replace(base, schedule="constant"), 5), 1e-3)
+    cosine = lrs(dataclasses.replace(base, schedule="cosine"), 5)
+    assert cosine[0] == 0 and cosine[10] == pytest.approx(1e-3)  # linear warm-up for 2 epochs
+    assert np.all(np.diff(cosine[:11]) > 0) and np.all(np.diff(cosine[10:]) <= 0)
+    assert cosine[-1] == pytest.approx(1e-5, rel=1e-3)
+    cycle = lrs(dataclasses.replace(base, schedule="onecycle"), 5)
+    assert cycle[0] < 1e-4 and cycle.max() == pytest.approx(1e-3, rel=1e-3)
+    assert 0.2 < np.argmax(cycle) / len(cycle) < 0.4 and cycle[-1] < 1e-6
+
+
+def test_plateau_halves_the_rate_after_patience_epochs(tiny_config):
+    config = replace(tiny_config, train={"schedule": "plateau", "plateau_patience": 2})
+    state = train.create_train_state(config, jax.random.key(0), 10)
+    rates = []
+    for val_loss in [1.0, 0.9, 0.95, 0.93, 0.92, 0.91, 0.94]:
+        state = train.step_plateau(state, config.train, val_loss)
+        rates.append(train.learning_rate(state))
+    # Best 0.9 at epoch 2; every second epoch without beating it halves the rate.
+    np.testing.assert_allclose(rates, [3e-3, 3e-3, 3e-3, 1.5e-3, 1.5e-3, 7.5e-4, 7.5e-4], rtol=1e-5)
+
+
+def test_checkpoint_round_trip(tmp_path, tiny_config):
+    state = train.create_train_state(tiny_config, jax.random.key(0), 10)
+    state = state.replace(step=jnp.asarray(7))
+    manager = checkpoint.create_manager(tmp_path / "ckpt")
+    meta = {"epoch": 3, "position": [3, 0], "metrics": {"val_dice": 0.5}, "note": "x"}
+    checkpoint.save(manager, 3, state, meta)
+    manager.wait_until_finished()
+    template = train.create_train_state(tiny_config, jax.random.key(1), 10)
+    restored, restored_meta = checkpoint.restore(manager, 3, template)
+    manager.close()
+    assert restored_meta == meta and int(restored.step) == 7
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_keeps_the_latest_and_the_best(tmp_path, tiny_config):
+    state = train.create_train_state(tiny_config, jax.random.key(0), 10)
+    manager = checkpoint.create_manager(tmp_path / "ckpt")
+    for epoch, dice in enumerate([0.2, 0.7, 0.4, 0.3], start=1):
+        checkpoint.save(manager, epoch, state, {"metrics": {"val_dice": dice}})
+        manager.wait_until_finished()
+    assert sorted(manager.all_steps()) == [2, 4]
+    assert checkpoint.resolve_step(manager, "best") == 2
+    assert checkpoint.resolve_step(manager, "latest") == 4
+    with pytest.raises(ValueError, match="checkpoint '3' not in"):
+        checkpoint.resolve_step(manager, "3")
+    manager.close()
+
+
+def subprocess_fit(config, run_dir, resume=False, stop_at=0, wait=True):
+    """Run fit in a fresh Python process (new JAX runtime, as a resumed user run would be)."""
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]);"
+        "import tests.conftest;"  # same flags and compile cache as this process
+        "from segjax.config import Config; from segjax.train import fit;"
+        "fit(Config.from_dict(json.loads(sys.argv[2])), sys.argv[3], resume=sys.argv[4] == '1',"
+        " stop_at_epoch=int(sys.argv[5]) or None, progress=False)"
+    )
+    args = [sys.executable, "-c", code, str(ROOT), json.dumps(config.to_dict()), str(run_dir),
+            "1" if resume else "0", str(stop_at)]  # fmt: skip
+    if not wait:
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def final_state(config, run_dir):
+    manager = checkpoint.create_manager(Path(run_dir) / "checkpoints", read_only=True)
+    template = train.create_train_state(config, jax.random.key(0), 1)
+    state, meta = checkpoint.restore(manager, manager.latest_step(), template)
+    manager.close()
+    return state, meta
+
+
+def assert_same_run(config, run_a, run_b):
+    state_a, meta_a = final_state(config, run_a)
+    state_b, meta_b = final_state(config, run_b)
+    leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
+    assert len(leaves_a) == len(leaves_b)
+    for a, b in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise
+    assert meta_a == meta_b
+    assert writer.read_metrics(Path(run_a) / "metrics.jsonl") == writer.read_metrics(
+        Path(run_b) / "metrics.jsonl"
+    )
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, demo_dir):
+    """Four epochs without stopping (dropout on, so randomness matters too)."""
+    from tests.conftest import make_tiny_config
+
+    config = replace(make_tiny_config(demo_dir, epochs=4), model={"dropout": 0.2})
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    train.fit(config, run_dir, progress=False)
+    return config, run_dir
+
+
+def test_resume_in_a_new_process_equals_never_stopping(straight_run, tmp_path):
+    config, straight = straight_run
+    run_dir = tmp_path / "resumed"
+    subprocess_fit(config, run_dir, stop_at=2)
+    assert len(writer.read_metrics(run_dir / "metrics.jsonl")) == 2
+    subprocess_fit(config, run_dir, resume=True)
+    assert_same_run(config, straight, run_dir)
+    assert (run_dir / "curves.png").exists() and (run_dir / "previews/epoch_004.png").exists()
+
+
+def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(straight_run, tmp_path):
+    config, straight = straight_run
+    run_dir = tmp_path / "killed"
+    proc = subprocess_fit(config, run_dir, wait=False)
+    deadline = time.time() + 300
+    metrics_path = run_dir / "metrics.jsonl"
+    while time.time() < deadline and len(writer.read_metrics(metrics_path)) < 1:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.01)
+    # Epoch 1's checkpoint may still be saving (asynchronously); epoch 2 is under way.
+    time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(writer.read_metrics(metrics_path))
+    assert 1 <= done < 4, "the process finished before it could be killed"
+    subprocess_fit(config, run_dir, resume=True)
+    assert_same_run(config, straight, run_dir)
+
+
+def test_early_stopping_fires(tmp_path, tiny_config):
+    config = replace(tiny_config, train={"epochs": 6, "lr": 0.0, "early_stop": 2})
+    last = train.fit(config, tmp_path / "run", progress=False)
+    rows = writer.read_metrics(tmp_path / "run/metrics.jsonl")
+    dice = [r["val_dice"] for r in rows]
+    best = int(np.argmax(dice)) + 1  # the first epoch with the best Dice
+    assert len(rows) == best + 2 < 6 and last["epoch"] == len(rows)
+    assert all(d <= dice[best - 1] for d in dice[best:])
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_config
+):
+    run_dir = tmp_path / "run"
+    train.fit(replace(tiny_config, train={"epochs": 1}), run_dir, progress=False)
+    broken = replace(tiny_config, train={"epochs": 3, "loss": "bce", "pos_weight": float("nan")})
+    with pytest.raises(FloatingPointError, match="last good checkpoint is epoch 1"):
+        train.fit(broken, run_dir, resume=True, progress=False)
+    manager = checkpoint.create_manager(run_dir / "checkpoints", read_only=True)
+    assert manager.all_steps() == [1]
+    manager.close()
+    assert len(writer.read_metrics(run_dir / "metrics.jsonl")) == 1
+
+
+def test_too_few_images_for_a_batch(tiny_config):
+    config = replace(tiny_config, train={"batch_size": 64})
+    with pytest.raises(data.DataError, match="fewer than one batch"):
+        train.fit(config, "/nonexistent/run", progress=False)
