@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 from segjax import runtime
@@ -172,7 +173,12 @@ def train_main(argv: list[str] | None = None) -> None:
         config = dataclasses.replace(config, name=run_dir.name)
     print(f"run folder: {run_dir}")
     runs.train_run(
-        config, run_dir, resume=args.resume, tune=not args.no_tune, progress=not args.no_progress
+        config,
+        run_dir,
+        resume=args.resume,
+        stop_at_epoch=args.stop_at_epoch,
+        tune=not args.no_tune,
+        progress=not args.no_progress,
     )
 
 
@@ -180,8 +186,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="run folder (default: the newest under runs/)")
     parser.add_argument("--checkpoint", default="best", help="best, latest or an epoch number")
     parser.add_argument("--batch-size", type=int, help="prediction batch (default: the run's)")
-    parser.add_argument("--default-xla-flags", action="store_true",
-                        help="do not set segjax's XLA:CPU speed flags")  # fmt: skip
+    parser.add_argument(
+        "--default-xla-flags", action="store_true", help="do not set segjax's XLA:CPU speed flags"
+    )
 
 
 def submit_parser() -> argparse.ArgumentParser:
@@ -197,8 +204,12 @@ def submit_parser() -> argparse.ArgumentParser:
     tta.add_argument("--no-tta", dest="tta", action="store_false", help="flip TTA off")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: tuned)")
     parser.add_argument("--no-postprocess", action="store_true", help="threshold only")
-    parser.add_argument("--order", choices=["F", "C"], default="F",
-                        help="RLE pixel order: F column-major (competition), C row-major")  # fmt: skip
+    parser.add_argument(
+        "--order",
+        choices=["F", "C"],
+        default="F",
+        help="RLE pixel order: F column-major (competition), C row-major",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -211,13 +222,24 @@ def submit_main(argv: list[str] | None = None) -> None:
     from segjax.submission import make_submission
 
     run_dir = Path(args.run_dir) if args.run_dir else runs.newest_run()
-    report = make_submission(run_dir, args.data_dir, args.out, args.checkpoint, args.batch_size,
-                             args.tta, args.threshold, not args.no_postprocess, args.order,
-                             progress=not args.no_progress)  # fmt: skip
+    report = make_submission(
+        run_dir,
+        args.data_dir,
+        args.out,
+        args.checkpoint,
+        args.batch_size,
+        args.tta,
+        args.threshold,
+        not args.no_postprocess,
+        args.order,
+        progress=not args.no_progress,
+    )
     pp = report.postprocess
-    print(f"wrote {report.path}: {report.rows} rows, {report.empty_fraction:.1%} empty masks "
-          f"(checkpoint {report.checkpoint}, threshold {pp.threshold}, TTA "
-          f"{'on' if report.tta else 'off'}, post-processing {pp if pp.active else 'off'})")  # fmt: skip
+    print(
+        f"wrote {report.path}: {report.rows} rows, {report.empty_fraction:.1%} empty masks "
+        f"(checkpoint {report.checkpoint}, threshold {pp.threshold}, TTA "
+        f"{'on' if report.tta else 'off'}, post-processing {pp if pp.active else 'off'})"
+    )
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -245,3 +267,63 @@ def evaluate_main(argv: list[str] | None = None) -> None:
     out = Path(args.out_dir) if args.out_dir else run_dir
     print(format_report(report))
     print(f"wrote {out / f'evaluation_{args.split}.json'} and {out / f'worst_{args.split}.png'}")
+
+
+def benchmark_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train-step images/s, GFLOP/s against the measured matmul peak, data-wait "
+        "fraction, predict images/s and peak memory (random data, no files needed).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--arch", nargs="+", default=["unet", "attn"], help="architectures")
+    parser.add_argument("--image-size", default="256", help="N or HxW")
+    parser.add_argument("--features", type=int, default=32, help="base features")
+    parser.add_argument("--batch-size", type=int, default=8, help="global batch")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="only parameter counts and forward+backward GFLOPs (no timing)",
+    )
+    parser.add_argument(
+        "--default-xla-flags",
+        action="store_true",
+        help="measure without segjax's XLA:CPU flags and huge pages",
+    )
+    return parser
+
+
+def benchmark_main(argv: list[str] | None = None) -> None:
+    """scripts/benchmark.py"""
+    args = benchmark_parser().parse_args(argv)
+    if not args.default_xla_flags and argv is None:
+        runtime.reexec_with_hugepages()
+    runtime.configure(fast_cpu=not args.default_xla_flags)
+    import jax
+
+    from segjax import benchmark
+    from segjax.config import parse_size
+
+    size = parse_size(args.image_size)
+    print(
+        f"device: {jax.devices()[0].device_kind} x {jax.device_count()}; jax {jax.__version__}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
+    )
+    print(f"{size[0]}x{size[1]}, base {args.features}, batch {args.batch_size}, {args.precision}")
+    configs = [
+        benchmark.bench_config(a, size, args.features, args.batch_size, args.precision)
+        for a in args.arch
+    ]
+    if args.flops_only:
+        for config in configs:
+            print(
+                f"{config.model.arch:11s} params {benchmark.param_count(config):>11,d}  "
+                f"forward+backward {benchmark.forward_backward_gflops(config):7.1f} GFLOP/image"
+            )
+        return
+    peak = benchmark.matmul_peak_gflops()
+    print(f"measured float32 matmul peak: {peak:.0f} GFLOP/s")
+    results = [benchmark.bench_train(c, steps=args.steps) for c in configs]
+    print(benchmark.format_results(results, peak))

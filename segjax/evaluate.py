@@ -56,8 +56,10 @@ def evaluate_run(
             key = f"tta={'on' if tta else 'off'} postprocess={'on' if use_pp else 'off'}"
             counts = _counts(probs, sizes, truths, params, use_pp)
             tp, fp, fn, tn = (int(v) for v in counts.sum(axis=0))
-            results[key] = {**metrics.summarize(counts), "confusion": {"tp": tp, "fp": fp,
-                                                                       "fn": fn, "tn": tn}}  # fmt: skip
+            results[key] = {
+                **metrics.summarize(counts),
+                "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+            }
             per_image[key] = (metrics.per_image_dice(counts), probs)
     chosen = f"tta={'on' if tuned and tuned[1] else 'off'} postprocess=on"
     dice, probs = per_image[chosen]
@@ -66,15 +68,30 @@ def evaluate_run(
     for w in worst:
         image, truth = splits.arrays.images[indices[w]], splits.arrays.masks[indices[w]]
         pred = postprocess.apply(probs[w], params)
-        rows.append([viz._rgb(image), viz.overlay(image, truth, viz.TRUTH),
-                     viz.overlay(image, pred, viz.PRED), viz.error_map(truth, pred)])  # fmt: skip
+        rows.append(
+            [
+                viz._rgb(image),
+                viz.overlay(image, truth, viz.TRUTH),
+                viz.overlay(image, pred, viz.PRED),
+                viz.error_map(truth, pred),
+            ]
+        )
     captions = [f"{splits.arrays.ids[indices[w]]} Dice {dice[w]:.3f}" for w in worst]
     out_dir.mkdir(parents=True, exist_ok=True)
-    viz.save_grid(rows, ["image", "truth", "prediction", "errors (red FP, blue FN)"],
-                  out_dir / f"worst_{split}.png", captions)  # fmt: skip
-    report = {"split": split, "images": len(indices), "checkpoint": loaded.step,
-              "postprocess": params.__dict__, "results": results,
-              "worst": dict(zip(captions, [float(dice[w]) for w in worst], strict=True))}  # fmt: skip
+    viz.save_grid(
+        rows,
+        ["image", "truth", "prediction", "errors (red FP, blue FN)"],
+        out_dir / f"worst_{split}.png",
+        captions,
+    )
+    report = {
+        "split": split,
+        "images": len(indices),
+        "checkpoint": loaded.step,
+        "postprocess": params.__dict__,
+        "results": results,
+        "worst": dict(zip(captions, [float(dice[w]) for w in worst], strict=True)),
+    }
     path = out_dir / f"evaluation_{split}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -84,9 +101,11 @@ def evaluate_run(
 
 def format_report(report: dict) -> str:
     """A small fixed-width table of the four settings."""
-    lines = [f"{report['split']} split, {report['images']} images, checkpoint {report['checkpoint']}",
-             f"{'setting':32s} {'Dice':>7s} {'gDice':>7s} {'IoU':>7s} {'prec':>7s} {'recall':>7s} "
-             f"{'acc':>7s}"]  # fmt: skip
+    lines = [
+        f"{report['split']} split, {report['images']} images, checkpoint {report['checkpoint']}",
+        f"{'setting':32s} {'Dice':>7s} {'gDice':>7s} {'IoU':>7s} {'prec':>7s} {'recall':>7s} "
+        f"{'acc':>7s}",
+    ]
     for key, r in report["results"].items():
         lines.append(
             f"{key:32s} {r['dice']:7.4f} {r['global_dice']:7.4f} {r['iou']:7.4f} "

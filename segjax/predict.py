@@ -37,8 +37,9 @@ def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
         step = checkpoint.resolve_step(manager, which)
         rep = parallel.replicated(mesh or parallel.create_mesh())
         template = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0), 1))
-        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-                                template)  # fmt: skip
+        template = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), template
+        )
         state, _ = checkpoint.restore(manager, step, template)
     finally:
         manager.close()
@@ -72,8 +73,14 @@ def create_predict_fn(config: Config, mesh, tta: bool):
     if config.model.arch == "unet-valid":
         need = valid_input_size(config.model, h, w)
         pad = tuple(((n - s) // 2, n - s - (n - s) // 2) for n, s in zip(need, (h, w), strict=True))
-    fn = functools.partial(_probs, model=create_model(config.model), mean=config.data.mean,
-                           std=config.data.std, pad=pad, tta=tta)  # fmt: skip
+    fn = functools.partial(
+        _probs,
+        model=create_model(config.model),
+        mean=config.data.mean,
+        std=config.data.std,
+        pad=pad,
+        tta=tta,
+    )
     rep, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)
     return jax.jit(fn, in_shardings=(rep, shard), out_shardings=shard)
 

@@ -42,13 +42,25 @@ def resume_config(run_dir: Path, **train_overrides) -> Config:
 
 
 def train_run(
-    config: Config, run_dir: Path, *, resume: bool = False, tune: bool = True, progress: bool = True
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    stop_at_epoch: int | None = None,
+    tune: bool = True,
+    progress: bool = True,
 ) -> dict:
-    """Train (or resume) into run_dir, then tune threshold and post-processing on validation."""
+    """Train (or resume) into run_dir, then tune threshold and post-processing on validation.
+
+    Tuning waits until the run is over: its last epoch reached, or stopped early.
+    """
     from segjax import train
 
-    row = train.fit(config, run_dir, resume=resume, progress=progress)
-    if tune:
+    row = train.fit(config, run_dir, resume=resume, stop_at_epoch=stop_at_epoch, progress=progress)
+    paused = bool(stop_at_epoch) and stop_at_epoch < config.train.epochs
+    if row and paused and row["epoch"] == stop_at_epoch:
+        print(f"stopped after epoch {stop_at_epoch}; continue with --resume", flush=True)
+    elif tune:
         from segjax import tune as tuning
 
         tuning.tune_run(run_dir, progress=progress)

@@ -120,8 +120,10 @@ def make_submission(
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
         for idx, probs in predict.iterate_probs(loaded, arrays.images, batch, tta):
             sizes = [tuple(arrays.sizes[i]) for i in idx]
-            encoded = pool.map(lambda a: encode_one(*a, params, use_postprocess, order),
-                               zip(probs, sizes, strict=True))  # fmt: skip
+            encoded = pool.map(
+                lambda a: encode_one(*a, params, use_postprocess, order),
+                zip(probs, sizes, strict=True),
+            )
             for i, text in zip(idx, encoded, strict=True):
                 rles[i] = text
             bar.update(len(idx))

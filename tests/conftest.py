@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic dataset and a tiny config; JAX set up for fast, strict tests."""
+"""Shared fixtures: a tiny synthetic dataset and a tiny config; JAX set up for strict tests."""
 
 from __future__ import annotations
 

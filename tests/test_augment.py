@@ -57,7 +57,7 @@ def test_random_augmentation_jit_equals_eager_and_masks_stay_binary(level):
     np.testing.assert_allclose(eager[0], jitted[0], atol=1e-5)
     np.testing.assert_array_equal(eager[1], jitted[1])
     assert set(np.unique(np.asarray(eager[1])).tolist()) <= {0.0, 1.0}
-    assert 0.0 <= float(eager[0].min()) and float(eager[0].max()) <= 1.0
+    assert float(eager[0].min()) >= 0.0 and float(eager[0].max()) <= 1.0
 
 
 def test_basic_augmentation_keeps_alignment_for_many_keys():

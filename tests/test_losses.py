@@ -89,7 +89,7 @@ def test_metrics_from_counts():
     counts = np.asarray(metrics.confusion_counts(jnp.asarray(pred), jnp.asarray(truth)))
     assert counts.tolist() == [[4, 4, 4, 4], [0, 0, 0, 16], [0, 1, 0, 15]]
     assert [
-        metrics.confusion_counts_np(p, t).tolist() for p, t in zip(pred, truth)
+        metrics.confusion_counts_np(p, t).tolist() for p, t in zip(pred, truth, strict=False)
     ] == counts.tolist()
     np.testing.assert_allclose(metrics.per_image_dice(counts), [0.5, 1.0, 0.0])
     summary = metrics.summarize(counts)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,7 +42,7 @@ def test_every_arch_any_size_jit_equals_eager(arch):
         config = tiny(arch)
         model, variables, x = init(config, (2, h, w, 3))
         eager = model.apply(variables, x, train=False)
-        jitted = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+        jitted = jax.jit(functools.partial(model.apply, train=False))(variables, x)
         assert eager.shape == (2, *output_size(config, h, w), 1)
         assert eager.dtype == jnp.float32
         np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
@@ -58,15 +60,22 @@ def test_unet_valid_output_is_smaller_and_matches_the_paper():
 def test_classic_2015_unet_has_31_030_593_parameters():
     config = ModelConfig(arch="unet-valid", features=64, depth=4, batch_norm=False)
     model = create_model(config)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 572, 572, 1)),
-                                               train=False))  # fmt: skip
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.ones((1, 572, 572, 1)), train=False)
+    )
     assert n_params(shapes) == 31_030_593
 
 
 def test_every_option_builds():
-    options = [dict(batch_norm=False), dict(dropout=0.2, dropout_deep_only=True),
-               dict(double_conv=True), dict(activation="leaky_relu"), dict(upsample="resize"),
-               dict(dtype="bfloat16"), dict(arch="unetpp", deep_supervision=True)]  # fmt: skip
+    options = [
+        dict(batch_norm=False),
+        dict(dropout=0.2, dropout_deep_only=True),
+        dict(double_conv=True),
+        dict(activation="leaky_relu"),
+        dict(upsample="resize"),
+        dict(dtype="bfloat16"),
+        dict(arch="unetpp", deep_supervision=True),
+    ]
     base = n_params(init(tiny("unet"), (1, 16, 16, 3))[1])
     for option in options:
         config = tiny(option.pop("arch", "unet"), **option)
@@ -97,12 +106,14 @@ def test_gradients_match_finite_differences_in_float64(arch):
         model, variables, x = init(config, shape, jnp.float64)
 
         def f(params):
-            out, _ = model.apply({**variables, "params": params}, x, train=True,
-                                 mutable=["batch_stats"])  # fmt: skip
+            out, _ = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
             return jnp.sum(jnp.tanh(out))
 
-        check_grads(f, (variables["params"],), order=1, modes=["rev"], eps=1e-6, atol=1e-4,
-                    rtol=1e-4)  # fmt: skip
+        check_grads(
+            f, (variables["params"],), order=1, modes=["rev"], eps=1e-6, atol=1e-4, rtol=1e-4
+        )
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -114,8 +125,9 @@ def test_every_parameter_receives_a_gradient_from_bce_dice(arch):
     masks = (jax.random.uniform(jax.random.key(5), (4, out_h, out_w)) > 0.5).astype(jnp.float32)
 
     def loss(params):
-        logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                                mutable=["batch_stats"])  # fmt: skip
+        logits, _ = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
         return losses.bce(logits, masks) + losses.dice(logits, masks)
 
     grads = jax.grad(loss)(variables["params"])
@@ -127,8 +139,9 @@ def test_every_parameter_receives_a_gradient_from_bce_dice(arch):
 def test_dropout_only_in_training_and_batchnorm_modes():
     config = tiny("unet", dropout=0.5)
     model, variables, x = init(config, (4, 16, 16, 3))
-    run = lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
-                                  mutable=["batch_stats"])[0]  # fmt: skip
+    run = lambda key: model.apply(
+        variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+    )[0]
     assert not np.allclose(run(jax.random.key(1)), run(jax.random.key(2)))
     eval_a = model.apply(variables, x, train=False)
     np.testing.assert_array_equal(eval_a, model.apply(variables, x, train=False))

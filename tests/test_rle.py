@@ -43,9 +43,16 @@ def test_empty_full_first_and_last_pixel():
     assert rle.encode(corner) == "5 1" and rle.encode(corner, "C") == "13 1"
 
 
-@pytest.mark.parametrize("bad,message", [("1 2 3", "odd number"), ("0 1", "positive"),
-                                         ("14 3", "past the image"), ("5 3 6 1", "overlap"),
-                                         ("a b", "not a list of integers")])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("1 2 3", "odd number"),
+        ("0 1", "positive"),
+        ("14 3", "past the image"),
+        ("5 3 6 1", "overlap"),
+        ("a b", "not a list of integers"),
+    ],
+)
 def test_decode_rejects_bad_runs(bad, message):
     with pytest.raises(ValueError, match=message):
         rle.decode(bad, (5, 3))

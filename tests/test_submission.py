@@ -44,16 +44,17 @@ def test_tuned_json_is_written_at_the_end_of_training(trained_run):
 def test_batch_sizes_1_3_7_give_byte_identical_csvs(trained_run, tmp_path):
     texts = []
     for batch in (1, 3, 7):
-        report = submission.make_submission(trained_run, out=tmp_path / f"{batch}.csv",
-                                            batch_size=batch, progress=False)  # fmt: skip
-        assert report.rows == 9
+        report = submission.make_submission(
+            trained_run, out=tmp_path / f"{batch}.csv", batch_size=batch, progress=False
+        )
+        assert report.rows == 9 and report.empty_fraction < 0.5  # real masks, not all empty
         texts.append((tmp_path / f"{batch}.csv").read_bytes())
     assert texts[0] == texts[1] == texts[2]
 
 
 def test_submission_matches_direct_predictions_at_original_size(trained_run, demo_dir):
     report = submission.make_submission(trained_run, progress=False)
-    assert report.path == trained_run / "submission.csv"
+    assert report.path == trained_run / "submission.csv" and report.empty_fraction < 0.5
     rows = read_rows(report.path)
     layout = data.discover(demo_dir)
     assert rows[0] == ["id", "encoded_pixels"]
@@ -71,8 +72,9 @@ def test_submission_matches_direct_predictions_at_original_size(trained_run, dem
         np.testing.assert_array_equal(decoded, expected, err_msg=image_id)
 
 
-def test_row_order_does_not_depend_on_the_directory_listing(trained_run, demo_dir, tmp_path,
-                                                           monkeypatch):  # fmt: skip
+def test_row_order_does_not_depend_on_the_directory_listing(
+    trained_run, demo_dir, tmp_path, monkeypatch
+):
     first = submission.make_submission(trained_run, out=tmp_path / "a.csv", progress=False)
     listing = Path.iterdir
     monkeypatch.setattr(Path, "iterdir", lambda self: reversed(list(listing(self))))
@@ -83,8 +85,9 @@ def test_row_order_does_not_depend_on_the_directory_listing(trained_run, demo_di
     copy = tmp_path / "data"
     shutil.copytree(demo_dir, copy)
     (copy / "sample_submission.csv").unlink()
-    third = submission.make_submission(trained_run, data_dir=copy, out=tmp_path / "c.csv",
-                                       progress=False)  # fmt: skip
+    third = submission.make_submission(
+        trained_run, data_dir=copy, out=tmp_path / "c.csv", progress=False
+    )
     ids = [r[0] for r in read_rows(third.path)[1:]]
     assert ids == sorted(ids)
     by_id = {r[0]: r[1] for r in read_rows(first.path)[1:]}
@@ -111,13 +114,16 @@ def test_validation_catches_count_unknown_id_and_runs_past_the_end(tmp_path):
 
 
 def test_threshold_and_no_postprocess_overrides(trained_run, tmp_path):
-    none = submission.make_submission(trained_run, out=tmp_path / "n.csv", threshold=1.01,
-                                      use_postprocess=False, progress=False)  # fmt: skip
+    none = submission.make_submission(
+        trained_run, out=tmp_path / "n.csv", threshold=1.01, use_postprocess=False, progress=False
+    )
     assert none.empty_fraction == 1.0 and none.postprocess == PostProcess(1.01)
-    every = submission.make_submission(trained_run, out=tmp_path / "e.csv", threshold=0.0,
-                                       use_postprocess=False, progress=False)  # fmt: skip
-    for (image_id, encoded), size in zip(read_rows(every.path)[1:], _sizes(trained_run),
-                                         strict=True):  # fmt: skip
+    every = submission.make_submission(
+        trained_run, out=tmp_path / "e.csv", threshold=0.0, use_postprocess=False, progress=False
+    )
+    for (image_id, encoded), size in zip(
+        read_rows(every.path)[1:], _sizes(trained_run), strict=True
+    ):
         assert encoded == f"1 {size[0] * size[1]}", image_id
 
 
@@ -133,8 +139,9 @@ def test_evaluate_writes_metrics_and_the_worst_cases(trained_run, tmp_path):
     from segjax.evaluate import evaluate_run, format_report
 
     report = evaluate_run(trained_run, out_dir=tmp_path)
-    assert set(report["results"]) == {f"tta={t} postprocess={p}" for t in ("on", "off")
-                                      for p in ("on", "off")}  # fmt: skip
+    assert set(report["results"]) == {
+        f"tta={t} postprocess={p}" for t in ("on", "off") for p in ("on", "off")
+    }
     for result in report["results"].values():
         c = result["confusion"]
         assert 0 <= result["dice"] <= 1 and c["tp"] + c["fp"] + c["fn"] + c["tn"] > 0
@@ -145,8 +152,10 @@ def test_evaluate_writes_metrics_and_the_worst_cases(trained_run, tmp_path):
 
 
 def test_scripts_run_from_the_command_line(trained_run, tmp_path):
-    for script, extra in (("submit.py", ["--out", str(tmp_path / "cli.csv")]),
-                          ("evaluate.py", ["--out-dir", str(tmp_path)])):  # fmt: skip
+    for script, extra in (
+        ("submit.py", ["--out", str(tmp_path / "cli.csv")]),
+        ("evaluate.py", ["--out-dir", str(tmp_path)]),
+    ):
         result = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / script), "--run-dir", str(trained_run), *extra],
             capture_output=True,

@@ -121,8 +121,16 @@ def subprocess_fit(config, run_dir, resume=False, stop_at=0, wait=True):
         "fit(Config.from_dict(json.loads(sys.argv[2])), sys.argv[3], resume=sys.argv[4] == '1',"
         " stop_at_epoch=int(sys.argv[5]) or None, progress=False)"
     )
-    args = [sys.executable, "-c", code, str(ROOT), json.dumps(config.to_dict()), str(run_dir),
-            "1" if resume else "0", str(stop_at)]  # fmt: skip
+    args = [
+        sys.executable,
+        "-c",
+        code,
+        str(ROOT),
+        json.dumps(config.to_dict()),
+        str(run_dir),
+        "1" if resume else "0",
+        str(stop_at),
+    ]
     if not wait:
         return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     result = subprocess.run(args, capture_output=True, text=True, timeout=600)

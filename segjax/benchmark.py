@@ -1,0 +1,162 @@
+"""Speed and memory of the train step and predict: images/s, GFLOP/s, data-wait, peak memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segjax import losses, parallel, train
+from segjax.config import Config, DataConfig, ModelConfig, TrainConfig
+from segjax.models import create_model
+
+
+def bench_config(arch: str, size: tuple[int, int], features: int, batch: int, precision: str):
+    return Config(
+        data=DataConfig(image_size=size, mean=(0.45,) * 3, std=(0.25,) * 3, normalize="given"),
+        model=ModelConfig(
+            arch=arch, features=features, dtype="bfloat16" if precision == "bf16" else "float32"
+        ),
+        train=TrainConfig(
+            batch_size=batch, eval_batch_size=batch, aug="basic", precision=precision
+        ),
+    )
+
+
+def param_count(config: Config) -> int:
+    model = create_model(config.model)
+    h, w = config.data.image_size
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.ones((1, h, w, 3)), train=False)
+    )
+    return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+
+
+def forward_backward_gflops(config: Config) -> float:
+    """XLA's count of floating-point operations for forward + backward of one image."""
+    model = create_model(config.model)
+    h, w = config.data.image_size
+    x = jnp.ones((1, h, w, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    masks = jnp.ones((1, h, w))
+
+    def loss(params, batch_stats):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return losses.bce(logits, train.crop_like(masks, logits)) + losses.dice(logits, masks)
+
+    lowered = jax.jit(jax.grad(loss)).lower(variables["params"], variables.get("batch_stats", {}))
+    cost = lowered.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan"))) / 1e9
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul throughput of the default device (the achievable peak)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / np.median(times) / 1e9
+
+
+def peak_memory_mb() -> float:
+    """Peak device memory where the backend reports it (GPU/TPU), else the process's peak RSS."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclasses.dataclass
+class Result:
+    arch: str
+    params: int
+    img_per_s: float
+    step_ms: float
+    gflops_per_img: float
+    achieved_gflops: float
+    data_wait: float
+    predict_img_per_s: float
+    peak_mb: float
+
+
+def bench_train(config: Config, steps: int = 10, warmup: int = 2) -> Result:
+    """Median step time on staged batches, then the same loop feeding batches from host memory."""
+    tc = config.train
+    mesh = parallel.create_mesh()
+    fns = train.create_steps(config, mesh)
+    state = jax.device_put(
+        train.create_train_state(config, jax.random.key(0), 100), parallel.replicated(mesh)
+    )
+    h, w = config.data.image_size
+    rng = np.random.default_rng(0)
+    pool = {
+        "image": rng.integers(0, 256, (4 * tc.batch_size, h, w, 3), dtype=np.uint8),
+        "mask": rng.integers(0, 2, (4 * tc.batch_size, h, w), dtype=np.uint8),
+    }
+    key = jax.random.key(1)
+
+    def host_batch(i):
+        idx = np.arange(i * tc.batch_size, (i + 1) * tc.batch_size) % len(pool["image"])
+        return parallel.shard_batch({k: v[idx] for k, v in pool.items()}, mesh, tc.batch_size)
+
+    staged = host_batch(0)
+    for _ in range(warmup):
+        state, out = fns.train(state, staged, key)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, out = fns.train(state, staged, key)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t)
+    compute = float(np.median(times))
+    t = time.perf_counter()
+    for i in range(steps):  # the training loop's pattern: no blocking between steps
+        state, out = fns.train(state, host_batch(i), key)
+    jax.block_until_ready(out)
+    fed = (time.perf_counter() - t) / steps
+    predict_fn = fns.predict
+    predict_fn(state, staged["image"]).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(3):
+        predict_fn(state, staged["image"]).block_until_ready()
+    predict_s = (time.perf_counter() - t) / 3
+    gflops = forward_backward_gflops(config)
+    return Result(
+        arch=config.model.arch,
+        params=param_count(config),
+        img_per_s=tc.batch_size / compute,
+        step_ms=compute * 1e3,
+        gflops_per_img=gflops,
+        achieved_gflops=gflops * tc.batch_size / compute,
+        data_wait=max(0.0, 1.0 - compute / fed),
+        predict_img_per_s=tc.batch_size / predict_s,
+        peak_mb=peak_memory_mb(),
+    )
+
+
+def format_results(results: list[Result], peak: float | None) -> str:
+    head = (
+        f"{'arch':11s} {'params':>10s} {'img/s':>7s} {'step ms':>8s} {'GFLOP/img':>9s} "
+        f"{'GFLOP/s':>8s} {'of peak':>7s} {'wait':>6s} {'pred img/s':>10s} {'peak MB':>8s}"
+    )
+    lines = [head]
+    for r in results:
+        share = f"{r.achieved_gflops / peak:7.1%}" if peak else f"{'-':>7s}"
+        lines.append(
+            f"{r.arch:11s} {r.params:10,d} {r.img_per_s:7.2f} {r.step_ms:8.0f} "
+            f"{r.gflops_per_img:9.1f} {r.achieved_gflops:8.1f} {share} {r.data_wait:6.1%} "
+            f"{r.predict_img_per_s:10.2f} {r.peak_mb:8.0f}"
+        )
+    return "\n".join(lines)

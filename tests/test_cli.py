@@ -1,0 +1,93 @@
+"""Command lines: --help for every script, flags onto the config, the demo preset, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segjax import cli, runs
+from segjax.config import load_config, parse_size
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", ["train.py", "submit.py", "evaluate.py", "benchmark.py"])
+def test_help(script):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and "--" in result.stdout
+
+
+def test_flags_map_onto_the_config():
+    args = cli.train_parser().parse_args(
+        ["--data-dir", "/d", "--image-size", "256x192", "--arch", "attn", "--features", "8",
+         "--dropout", "0.3", "--dropout-deep-only", "--double-conv", "--no-batch-norm",
+         "--loss", "focal_tversky", "--schedule", "plateau", "--epochs", "7", "--precision", "bf16",
+         "--grayscale", "--aug", "strong", "--name", "exp"]
+    )  # fmt: skip
+    config = cli.train_config(args)
+    assert config.name == "exp" and config.data.data_dir == "/d"
+    assert config.data.image_size == (256, 192) and config.data.grayscale
+    m = config.model
+    assert (m.arch, m.features, m.dropout, m.dropout_deep_only, m.double_conv, m.batch_norm) == (
+        "attn",
+        8,
+        0.3,
+        True,
+        True,
+        False,
+    )
+    assert m.dtype == "bfloat16"
+    t = config.train
+    assert (t.loss, t.schedule, t.epochs, t.aug) == ("focal_tversky", "plateau", 7, "strong")
+
+
+def test_without_data_dir_the_demo_preset_applies_unless_overridden():
+    config = cli.train_config(cli.train_parser().parse_args([]))
+    assert config.data.data_dir == "" and config.data.image_size == cli.DEMO["image_size"]
+    assert config.model.features == cli.DEMO["features"]
+    config = cli.train_config(cli.train_parser().parse_args(["--features", "24"]))
+    assert config.model.features == 24
+    real = cli.train_config(cli.train_parser().parse_args(["--data-dir", "x"]))
+    assert real.data.image_size == (256, 256) and real.model.features == 32
+
+
+def test_parse_size():
+    assert parse_size("256") == (256, 256) and parse_size("256x192") == (256, 192)
+    for bad in ("", "0", "2x3x4", "ax2"):
+        with pytest.raises(ValueError, match="expected N or HxW"):
+            parse_size(bad)
+
+
+def test_run_folders(tmp_path):
+    first = runs.new_run_dir(tmp_path, None, "unet")
+    assert first.parent == tmp_path and first.name.startswith("unet-")
+    with pytest.raises(FileNotFoundError, match="no runs under"):
+        runs.newest_run(tmp_path)
+
+
+def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
+    """The real command line: train 1 of 2 epochs, resume, then submit from the newest run."""
+    common = ["--data-dir", str(demo_dir), "--image-size", "32", "--features", "4", "--depth", "2",
+              "--batch-size", "4", "--eval-batch-size", "4", "--epochs", "2", "--val-fraction",
+              "0.2", "--name", "cli", "--no-progress"]  # fmt: skip
+    train = [sys.executable, str(ROOT / "scripts/train.py")]
+    run = lambda argv: subprocess.run(
+        argv, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    first = run([*train, *common, "--stop-at-epoch", "1"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "cli"
+    assert not (run_dir / "tuned.json").exists()  # tuning waits for the last epoch
+    second = run([*train, "--resume", "--name", "cli", "--no-progress"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "epoch   2" in second.stdout and "epoch   1" not in second.stdout
+    assert (run_dir / "tuned.json").exists()
+    assert load_config(run_dir / "config.json").model.features == 4
+    submit = run([sys.executable, str(ROOT / "scripts/submit.py"), "--no-progress"])
+    assert submit.returncode == 0, submit.stderr[-3000:]
+    assert "submission.csv: 9 rows" in submit.stdout
