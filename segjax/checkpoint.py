@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,22 @@ def create_manager(directory: str | os.PathLike, read_only: bool = False) -> ocp
             policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1),
         ]
     )
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=preserve,
-        best_fn=lambda m: m[BEST_METRIC],  # for best_step(); preservation is the policy's job
-        best_mode="max",
-        read_only=read_only,
-        create=not read_only,
-        cleanup_tmp_directories=not read_only,
-    )
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    if read_only:  # Orbax warns that a read-only manager will not save: expected here
+        absl.setLevel(logging.ERROR)
+    try:
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=preserve,
+            best_fn=lambda m: m[BEST_METRIC],  # for best_step(); preservation is the policy's job
+            best_mode="max",
+            read_only=read_only,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,
+        )
+        return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    finally:
+        absl.setLevel(level)
 
 
 def save(manager: ocp.CheckpointManager, epoch: int, state: Any, meta: dict[str, Any]) -> None:

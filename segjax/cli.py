@@ -12,7 +12,7 @@ from segjax import runtime
 # Flags that map one-to-one onto a config field: flag -> (section, field, type, help).
 FIELDS = {
     "data-dir": ("data", "data_dir", str, "competition-layout folder (default: synthetic demo)"),
-    "image-size": ("data", "image_size", "size", "training size, N or HxW (default 256; demo 128)"),
+    "image-size": ("data", "image_size", "size", "training size, N or HxW (default 256; demo 96)"),
     "val-fraction": ("data", "val_fraction", float, "validation share (default 0.1)"),
     "test-fraction": ("data", "test_fraction", float, "local held-out test share (default 0)"),
     "split-seed": ("data", "split_seed", int, "seed of the train/val/test split (default 0)"),
@@ -34,10 +34,10 @@ FIELDS = {
     "dropout": ("model", "dropout", float, "dropout rate (default 0)"),
     "activation": ("model", "activation", ["relu", "leaky_relu"], "activation (default relu)"),
     "upsample": ("model", "upsample", ["transpose", "resize"], "upsampling (default transpose)"),
-    "batch-size": ("train", "batch_size", int, "global batch size (default 8)"),
+    "batch-size": ("train", "batch_size", int, "global batch size (default 8; demo 4)"),
     "eval-batch-size": ("train", "eval_batch_size", int, "evaluation batch (default 16)"),
-    "epochs": ("train", "epochs", int, "epochs (default 30; demo 12)"),
-    "lr": ("train", "lr", float, "peak learning rate (default 1e-3)"),
+    "epochs": ("train", "epochs", int, "epochs (default 30; demo 20)"),
+    "lr": ("train", "lr", float, "peak learning rate (default 1e-3; demo 2e-3)"),
     "optimizer": ("train", "optimizer", ["adam", "adamw"], "optimizer (default adam)"),
     "weight-decay": ("train", "weight_decay", float, "adamw weight decay (default 1e-4)"),
     "schedule": (
@@ -75,7 +75,7 @@ SWITCHES = {  # boolean flags: flag -> (section, field, value, help)
     "deep-supervision": ("model", "deep_supervision", True, "unetpp: average all heads"),
 }
 # Without --data-dir: a model and size that finish the synthetic demo in minutes on a laptop CPU.
-DEMO = {"image_size": (128, 128), "features": 16, "epochs": 12}
+DEMO = {"image_size": (96, 96), "features": 16, "epochs": 20, "batch_size": 4, "lr": 2e-3}
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -131,7 +131,9 @@ def train_config(args: argparse.Namespace):
     if not args.data_dir:
         sections["data"]["image_size"] = DEMO["image_size"]
         sections["model"]["features"] = DEMO["features"]
-        sections["train"]["epochs"] = DEMO["epochs"]
+        sections["train"].update(
+            epochs=DEMO["epochs"], batch_size=DEMO["batch_size"], lr=DEMO["lr"]
+        )
     for flag, (section, field, kind, _) in FIELDS.items():
         value = getattr(args, flag.replace("-", "_"))
         if value is not None:

@@ -228,9 +228,12 @@ def predict_probs(steps: Steps, state, images_u8: np.ndarray, batch_size: int, m
 
 
 def _preview(steps, state, splits: Splits, config: Config, mesh, path: Path) -> None:
+    """Every process predicts (the computation spans all devices); process 0 draws."""
     idx = splits.val[: config.train.preview_count]
     images, masks = splits.arrays.images[idx], splits.arrays.masks[idx]
     probs = predict_probs(steps, state, images, config.train.eval_batch_size, mesh)
+    if jax.process_index() != 0:
+        return
     h, w = probs.shape[1:]
     crop = lambda x: np.asarray(center_crop(np.asarray(x)[..., None] if x.ndim == 3 else x, h, w))
     viz.save_preview(crop(images), crop(masks)[..., 0], probs, path)
@@ -335,6 +338,8 @@ def fit(
             record.update(epoch=epoch + 1, position=[epoch + 1, 0])
             meta = {**record, "metrics": row, "config": config.to_dict()}
             checkpoint.save(manager, epoch + 1, state, meta)
+            preview_path = run_dir / f"previews/epoch_{epoch + 1:03d}.png"
+            _preview(steps, state, splits, config, mesh, preview_path)
             if lead:
                 writer.append_metrics(metrics_path, row)
                 rows.append(row)
@@ -345,14 +350,6 @@ def fit(
                         "train_seconds": seconds,
                         "train_img_per_s": len(step_losses) * tc.batch_size / max(seconds, 1e-9),
                     },
-                )
-                _preview(
-                    steps,
-                    state,
-                    splits,
-                    config,
-                    mesh,
-                    run_dir / f"previews/epoch_{epoch + 1:03d}.png",
                 )
                 viz.save_curves(rows, run_dir / "curves.png")
                 _report(row, record, seconds)

@@ -78,7 +78,7 @@ def load_tuned(run_dir: str | os.PathLike) -> tuple[PostProcess, bool] | None:
     return PostProcess(**record["postprocess"]), bool(record["tta"])
 
 
-def tune_run(run_dir: str | os.PathLike, which: str = "best", progress: bool = True) -> dict:
+def tune_run(run_dir: str | os.PathLike, which: str = "best") -> dict:
     """Predict the validation split (with and without flip TTA), search, write tuned.json."""
     from segjax import predict
     from segjax.train import load_splits
@@ -96,10 +96,4 @@ def tune_run(run_dir: str | os.PathLike, which: str = "best", progress: bool = T
     params, tta, report = best
     extra = {"checkpoint": loaded.step, "val_images": len(splits.val), **report}
     save_tuned(Path(run_dir) / "tuned.json", params, tta, extra)
-    if progress:
-        print(
-            f"tuned on {len(splits.val)} validation images: threshold {params.threshold}, "
-            f"post-processing {dataclasses.asdict(params)}, TTA {tta}: mean Dice "
-            f"{report['dice_at_0.5']:.4f} at 0.5 -> {report['dice_tuned']:.4f}"
-        )
     return {"postprocess": dataclasses.asdict(params), "tta": tta, **extra}
