@@ -17,7 +17,7 @@ from segjax.models import create_model
 
 def bench_config(arch: str, size: tuple[int, int], features: int, batch: int, precision: str):
     return Config(
-        data=DataConfig(image_size=size, mean=(0.45,) * 3, std=(0.25,) * 3, normalize="given"),
+        data=DataConfig(image_size=size, mean=(0.45,) * 3, std=(0.25,) * 3, normalize="dataset"),
         model=ModelConfig(
             arch=arch, features=features, dtype="bfloat16" if precision == "bf16" else "float32"
         ),

@@ -157,6 +157,8 @@ def train_main(argv: list[str] | None = None) -> None:
     if args.distributed:
         import jax
 
+        # CPU-only hosts need a collectives backend across processes; GPUs and TPUs ignore it.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize()
     if args.resume:
         run_dir = (

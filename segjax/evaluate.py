@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segjax import data, metrics, postprocess, predict, tune, viz
+from segjax import metrics, postprocess, predict, sources, tune, viz
 from segjax.postprocess import PostProcess
 
 
@@ -33,7 +33,7 @@ def evaluate_run(
 
     Writes <out_dir>/evaluation_<split>.json and <out_dir>/worst_<split>.png (default: the run).
     """
-    from segjax.train import load_splits, resolve_data_dir
+    from segjax.train import load_splits
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
@@ -42,8 +42,7 @@ def evaluate_run(
     indices = {"val": splits.val, "test": splits.test}[split]
     if not len(indices):
         raise ValueError(f"the run has no {split!r} split (train with --test-fraction for 'test')")
-    layout = {s.id: s for s in data.discover(resolve_data_dir(config.data)).train}
-    truths = [data.read_mask(layout[splits.arrays.ids[i]].mask) for i in indices]
+    truths = sources.original_masks(config.data, [splits.arrays.ids[i] for i in indices])
     sizes = [t.shape for t in truths]
     tuned = tune.load_tuned(run_dir)
     params = tuned[0] if tuned else PostProcess()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from segjax import data, postprocess, rle
+from segjax import postprocess, rle
 from segjax.postprocess import PostProcess
 
 HEADER = ("id", "encoded_pixels")
@@ -97,23 +97,17 @@ def make_submission(
 
     Defaults come from the run: its data folder, best checkpoint and tuned.json.
     """
-    from segjax import predict, tune
-    from segjax.train import resolve_data_dir
+    from segjax import predict, sources, tune
 
     run_dir = Path(run_dir)
     loaded = predict.load_run(run_dir, which)
     config = loaded.config
-    root = Path(data_dir) if data_dir else resolve_data_dir(config.data)
-    layout = data.discover(root)
-    if not layout.test:
-        raise data.DataError(f"{root}: no test/images folder, nothing to submit")
+    arrays = sources.load_test(config.data, data_dir)
     tuned = tune.load_tuned(run_dir)
     params, tuned_tta = tuned if tuned else (PostProcess(), False)
     if threshold is not None:
         params = dataclasses.replace(params, threshold=threshold)
     tta = tuned_tta if tta is None else tta
-    d = config.data
-    arrays = data.load(layout.test, d.image_size, d.grayscale, d.cache_dir or None)
     batch = batch_size or config.train.eval_batch_size
     rles: list[str] = [""] * len(arrays.ids)
     bar = tqdm(total=len(arrays.ids), desc="predict", unit="img", disable=not progress)

@@ -16,11 +16,11 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from segjax import augment, checkpoint, data, losses, metrics, parallel, viz, writer
-from segjax.config import Config, DataConfig, TrainConfig, save_config
+from segjax import augment, checkpoint, data, losses, metrics, parallel, sources, viz, writer
+from segjax.config import Config, TrainConfig, save_config
 from segjax.models import create_model
 from segjax.models.layers import center_crop
-from segjax.synthetic import cache_root, demo_data_dir
+from segjax.synthetic import cache_root
 
 
 class TrainState(train_state.TrainState):
@@ -168,29 +168,25 @@ def create_steps(config: Config, mesh) -> Steps:
 # ---------------------------------------------------------------------------- data
 
 
-def resolve_data_dir(config: DataConfig) -> Path:
-    return Path(config.data_dir) if config.data_dir else demo_data_dir()
-
-
 def load_splits(config: Config) -> tuple[Config, Splits]:
     """Decode the labelled images, split them, and fill in the normalisation statistics."""
     d = config.data
-    layout = data.discover(resolve_data_dir(d))
-    arrays = data.load(layout.train, d.image_size, d.grayscale, d.cache_dir or None)
+    arrays = sources.load_labelled(d)
     parts = data.split(len(arrays.ids), d.split_seed, d.val_fraction, d.test_fraction)
     if len(parts["train"]) < config.train.batch_size:
         raise data.DataError(
             f"{len(parts['train'])} training images: fewer than one batch "
             f"({config.train.batch_size}); lower --batch-size"
         )
-    if d.normalize == "dataset" and not d.mean:
-        mean, std = data.channel_stats(arrays.images[parts["train"]])
+    if d.normalize == "dataset":  # computed once, then kept in config.json
+        stats = (d.mean, d.std) if d.mean else data.channel_stats(arrays.images[parts["train"]])
+        mean, std = stats
     elif d.normalize == "imagenet":
         mean, std = augment.IMAGENET_MEAN[: d.channels], augment.IMAGENET_STD[: d.channels]
     elif d.normalize == "none":
         mean, std = (), ()
     else:
-        mean, std = d.mean, d.std
+        raise ValueError(f"unknown normalisation {d.normalize!r}: dataset, imagenet or none")
     config = dataclasses.replace(config, data=dataclasses.replace(d, mean=mean, std=std))
     return config, Splits(arrays, parts["train"], parts["val"], parts["test"])
 

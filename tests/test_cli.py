@@ -16,19 +16,47 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("script", ["train.py", "submit.py", "evaluate.py", "benchmark.py"])
 def test_help(script):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout and "--" in result.stdout
 
 
 def test_flags_map_onto_the_config():
     args = cli.train_parser().parse_args(
-        ["--data-dir", "/d", "--image-size", "256x192", "--arch", "attn", "--features", "8",
-         "--dropout", "0.3", "--dropout-deep-only", "--double-conv", "--no-batch-norm",
-         "--loss", "focal_tversky", "--schedule", "plateau", "--epochs", "7", "--precision", "bf16",
-         "--grayscale", "--aug", "strong", "--name", "exp"]
-    )  # fmt: skip
+        [
+            "--data-dir",
+            "/d",
+            "--image-size",
+            "256x192",
+            "--arch",
+            "attn",
+            "--features",
+            "8",
+            "--dropout",
+            "0.3",
+            "--dropout-deep-only",
+            "--double-conv",
+            "--no-batch-norm",
+            "--loss",
+            "focal_tversky",
+            "--schedule",
+            "plateau",
+            "--epochs",
+            "7",
+            "--precision",
+            "bf16",
+            "--grayscale",
+            "--aug",
+            "strong",
+            "--name",
+            "exp",
+        ]
+    )
     config = cli.train_config(args)
     assert config.name == "exp" and config.data.data_dir == "/d"
     assert config.data.image_size == (256, 192) and config.data.grayscale
@@ -72,9 +100,27 @@ def test_run_folders(tmp_path):
 
 def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
     """The real command line: train 1 of 2 epochs, resume, then submit from the newest run."""
-    common = ["--data-dir", str(demo_dir), "--image-size", "32", "--features", "4", "--depth", "2",
-              "--batch-size", "4", "--eval-batch-size", "4", "--epochs", "2", "--val-fraction",
-              "0.2", "--name", "cli", "--no-progress"]  # fmt: skip
+    common = [
+        "--data-dir",
+        str(demo_dir),
+        "--image-size",
+        "32",
+        "--features",
+        "4",
+        "--depth",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--val-fraction",
+        "0.2",
+        "--name",
+        "cli",
+        "--no-progress",
+    ]
     train = [sys.executable, str(ROOT / "scripts/train.py")]
     run = lambda argv: subprocess.run(
         argv, capture_output=True, text=True, timeout=600, cwd=tmp_path

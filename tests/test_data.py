@@ -212,3 +212,22 @@ def test_synthetic_data_is_deterministic_and_has_the_competition_quirks(tmp_path
     assert 0.03 < np.mean(fractions) < 0.4
     with pytest.raises(FileExistsError):
         synthetic.generate(a, n_train=1, n_test=1)
+
+
+def test_tfds_source_under_mock_data_gives_binary_masks_at_the_training_size():
+    tfds = pytest.importorskip("tensorflow_datasets", reason="pip install -e '.[tfds]'")
+    from segjax import sources
+    from segjax.config import DataConfig
+
+    config = DataConfig(data_dir="tfds:oxford_iiit_pet", image_size=(24, 20))
+    with tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
+        arrays = sources.load_labelled(config)
+        test = sources.load_test(config)
+        truths = sources.original_masks(config, arrays.ids[:2])
+    assert arrays.images.shape == (5, 24, 20, 3) and arrays.images.dtype == np.uint8
+    assert arrays.masks.shape == (5, 24, 20) and set(np.unique(arrays.masks)) <= {0, 1}
+    assert len(arrays.ids) == 5 and arrays.sizes.shape == (5, 2)
+    assert test.masks is None and test.images.shape[1:] == (24, 20, 3)
+    assert [t.shape for t in truths] == [tuple(s) for s in arrays.sizes[:2]]
+    with pytest.raises(data.DataError, match="tfds:no_such_dataset"):
+        sources.load_labelled(DataConfig(data_dir="tfds:no_such_dataset"))

@@ -41,10 +41,20 @@ def run_on_devices(config, run_dir: Path, devices: int) -> dict:
         f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     )
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(ROOT), json.dumps(config.to_dict()), str(run_dir),
-         str(devices)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(ROOT),
+            json.dumps(config.to_dict()),
+            str(run_dir),
+            str(devices),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return dict(np.load(str(run_dir) + ".npz"))
 
@@ -67,15 +77,20 @@ def test_batch_not_divisible_by_the_devices_is_a_clear_error(tiny_config, tmp_pa
     )
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-    result = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True,
-                            text=True, timeout=120, env=env)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode != 0
     assert "--batch-size 6 does not split over 4 devices: use a multiple of 4" in result.stderr
 
 
 def test_bf16_training_converges_with_float32_parameters(tiny_config):
-    config = replace(tiny_config, model={"dtype": "bfloat16", "features": 8},
-                     train={"aug": "none", "schedule": "constant", "lr": 1e-2, "precision": "bf16"})  # fmt: skip
+    bf16 = {"aug": "none", "schedule": "constant", "lr": 1e-2, "precision": "bf16"}
+    config = replace(tiny_config, model={"dtype": "bfloat16", "features": 8}, train=bf16)
     config, splits = train.load_splits(config)
     idx = splits.train[:4]
     mesh = parallel.create_mesh()
@@ -136,12 +151,22 @@ def test_two_processes_with_jax_distributed_train_and_agree(tiny_config, tmp_pat
     address = f"127.0.0.1:{free_port()}"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", DIST_CHILD, str(ROOT), json.dumps(config.to_dict()),
-             str(run_dir), str(i), address],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-c",
+                DIST_CHILD,
+                str(ROOT),
+                json.dumps(config.to_dict()),
+                str(run_dir),
+                str(i),
+                address,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]

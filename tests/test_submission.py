@@ -128,10 +128,8 @@ def test_threshold_and_no_postprocess_overrides(trained_run, tmp_path):
 
 
 def _sizes(run_dir):
-    from segjax.train import resolve_data_dir
-
     config = predict.load_run(run_dir).config
-    layout = data.discover(resolve_data_dir(config.data))
+    layout = data.discover(config.data.data_dir)
     return [np.asarray(data.read_image(s.image)).shape[:2] for s in layout.test]
 
 

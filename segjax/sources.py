@@ -1,0 +1,129 @@
+"""Where images come from: a competition-layout folder, the synthetic demo, or a TFDS dataset.
+
+`--data-dir tfds:NAME` reads a TensorFlow Datasets dataset with an image and a segmentation
+mask through `tfds.data_source` (random access, no TensorFlow needed; `pip install -e '.[tfds]'`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segjax import data
+from segjax.config import DataConfig
+from segjax.synthetic import demo_data_dir
+
+TFDS_PREFIX = "tfds:"
+# Foreground rule per dataset (mask array -> bool); anything else: mask > 0.
+# oxford_iiit_pet trimaps: 1 pet, 2 background, 3 pet outline.
+FOREGROUND = {"oxford_iiit_pet": lambda m: (m == 1) | (m == 3)}
+TFDS_SPLITS = {"train": "train", "test": "test"}
+
+
+def is_tfds(config: DataConfig) -> bool:
+    return config.data_dir.startswith(TFDS_PREFIX)
+
+
+def data_root(config: DataConfig) -> Path:
+    return Path(config.data_dir) if config.data_dir else demo_data_dir()
+
+
+def _tfds_source(name: str, split: str):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise data.DataError(
+            f"{TFDS_PREFIX}{name}: tensorflow-datasets is not installed (pip install -e '.[tfds]')"
+        ) from err
+    try:
+        return tfds.data_source(name, split=split)
+    except Exception as err:  # tfds raises many kinds: missing data, unknown name, ...
+        raise data.DataError(f"{TFDS_PREFIX}{name} split {split!r}: {err}") from err
+
+
+def _resize(array: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
+    return np.asarray(Image.fromarray(array).resize((size[1], size[0]), resample))
+
+
+def load_tfds(name: str, split: str, size, grayscale: bool, labelled: bool = True) -> data.Arrays:
+    """Decode a TFDS split to the same arrays as the folder layout (ids = file names)."""
+    source = _tfds_source(name, split)
+    if len(source) == 0:
+        raise data.DataError(f"{TFDS_PREFIX}{name} split {split!r} is empty")
+    foreground = FOREGROUND.get(name, lambda m: m > 0)
+    ids, images, masks, sizes = [], [], [], []
+    for index in range(len(source)):
+        example = source[index]
+        image = np.asarray(example["image"], np.uint8)
+        if image.ndim == 2 or image.shape[-1] == 1:
+            image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=2)
+        picture = Image.fromarray(image[..., :3]).convert("L" if grayscale else "RGB")
+        resized = np.asarray(picture.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+        images.append(resized[..., None] if grayscale else resized)
+        sizes.append(image.shape[:2])
+        name_ = example.get("file_name", f"{index:06d}")
+        ids.append(name_.decode() if isinstance(name_, bytes) else str(name_))
+        if labelled:
+            mask = np.asarray(example["segmentation_mask"])
+            mask = foreground(mask.reshape(mask.shape[:2])).astype(np.uint8)
+            masks.append(_resize(mask, size, Image.Resampling.NEAREST))
+    return data.Arrays(
+        tuple(ids),
+        np.stack(images),
+        np.stack(masks) if labelled else None,
+        np.asarray(sizes, np.int32),
+    )
+
+
+def load_labelled(config: DataConfig) -> data.Arrays:
+    """Every labelled image at the training size."""
+    if is_tfds(config):
+        return load_tfds(
+            config.data_dir[len(TFDS_PREFIX) :],
+            TFDS_SPLITS["train"],
+            config.image_size,
+            config.grayscale,
+        )
+    layout = data.discover(data_root(config))
+    return data.load(layout.train, config.image_size, config.grayscale, config.cache_dir or None)
+
+
+def load_test(config: DataConfig, data_dir: str | Path | None = None) -> data.Arrays:
+    """The unlabelled test images in submission row order."""
+    source = str(data_dir) if data_dir else config.data_dir
+    if source.startswith(TFDS_PREFIX):
+        return load_tfds(
+            source[len(TFDS_PREFIX) :],
+            TFDS_SPLITS["test"],
+            config.image_size,
+            config.grayscale,
+            labelled=False,
+        )
+    root = Path(source) if source else demo_data_dir()
+    layout = data.discover(root)
+    if not layout.test:
+        raise data.DataError(f"{root}: no test/images folder, nothing to submit")
+    return data.load(layout.test, config.image_size, config.grayscale, config.cache_dir or None)
+
+
+def original_masks(config: DataConfig, ids) -> list[np.ndarray]:
+    """Labelled masks at their original size, for evaluation as the leaderboard scores."""
+    if is_tfds(config):
+        name = config.data_dir[len(TFDS_PREFIX) :]
+        source = _tfds_source(name, TFDS_SPLITS["train"])
+        foreground = FOREGROUND.get(name, lambda m: m > 0)
+        by_id = {}
+        for index in range(len(source)):
+            example = source[index]
+            key = example.get("file_name", f"{index:06d}")
+            key = key.decode() if isinstance(key, bytes) else str(key)
+            if key in ids:
+                image_hw = np.asarray(example["image"]).shape[:2]
+                mask = np.asarray(example["segmentation_mask"])
+                mask = foreground(mask.reshape(mask.shape[:2])).astype(np.uint8)
+                by_id[key] = _resize(mask, image_hw, Image.Resampling.NEAREST)
+        return [by_id[i] for i in ids]
+    samples = {s.id: s for s in data.discover(data_root(config)).train}
+    return [data.read_mask(samples[i].mask) for i in ids]
