@@ -15,15 +15,13 @@ from segjax.config import Config, DataConfig, ModelConfig, TrainConfig
 from segjax.models import create_model
 
 
-def bench_config(arch: str, size: tuple[int, int], features: int, batch: int, precision: str):
+def bench_config(arch, size, features: int, batch: int, precision: str, aug: str = "basic"):
     return Config(
         data=DataConfig(image_size=size, mean=(0.45,) * 3, std=(0.25,) * 3, normalize="dataset"),
         model=ModelConfig(
             arch=arch, features=features, dtype="bfloat16" if precision == "bf16" else "float32"
         ),
-        train=TrainConfig(
-            batch_size=batch, eval_batch_size=batch, aug="basic", precision=precision
-        ),
+        train=TrainConfig(batch_size=batch, eval_batch_size=batch, aug=aug, precision=precision),
     )
 
 
@@ -159,4 +157,44 @@ def format_results(results: list[Result], peak: float | None) -> str:
             f"{r.gflops_per_img:9.1f} {r.achieved_gflops:8.1f} {share} {r.data_wait:6.1%} "
             f"{r.predict_img_per_s:10.2f} {r.peak_mb:8.0f}"
         )
+    return "\n".join(lines)
+
+
+def compare_torch(results: list[Result], size, features: int, batch: int, steps: int) -> str:
+    """Run the PyTorch reference (eager, then torch.compile) and set it beside segjax's unet."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pytorch_reference.py"
+    unet = next((r for r in results if r.arch == "unet"), None)
+    if unet is None or size[0] != size[1] or not script.exists():
+        return "PyTorch comparison: needs --arch unet, a square size and benchmarks/"
+    lines = [f"{'unet train step':32s} {'img/s':>7s} {'segjax / it':>11s}"]
+    lines.append(f"{'segjax (JAX)':32s} {unet.img_per_s:7.2f} {1.0:11.2f}")
+    for extra, label in (
+        ([], "PyTorch channels_last eager"),
+        (["--compile"], "PyTorch channels_last compile"),
+    ):
+        cmd = [
+            sys.executable,
+            str(script),
+            "--image-size",
+            str(size[0]),
+            "--features",
+            str(features),
+            "--batch-size",
+            str(batch),
+            "--steps",
+            str(steps),
+            *extra,
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["failed"])[-1]
+            lines.append(f"{label:32s} failed: {tail}")
+            continue
+        torch_ips = json.loads(done.stdout.strip().splitlines()[-1])["img_per_s"]
+        lines.append(f"{label:32s} {torch_ips:7.2f} {unet.img_per_s / torch_ips:11.2f}")
     return "\n".join(lines)

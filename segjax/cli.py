@@ -106,11 +106,7 @@ def train_parser() -> argparse.ArgumentParser:
         "continue later with --resume, e.g. across Kaggle sessions",
     )
     parser.add_argument("--no-tune", action="store_true", help="skip threshold tuning at the end")
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="multi-host: call jax.distributed.initialize() first",
-    )
+    _distributed_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--default-xla-flags", action="store_true", help="do not set segjax's XLA:CPU speed flags"
@@ -146,6 +142,32 @@ def train_config(args: argparse.Namespace):
     return dataclasses.replace(replace(Config(), **sections), name=args.name or "")
 
 
+def _distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("several hosts")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (run the command on every host)",
+    )
+    group.add_argument(
+        "--coordinator",
+        help="host:port of process 0 (default: auto-detected on "
+        "Cloud TPU, SLURM, Open MPI; or $JAX_COORDINATOR_ADDRESS)",
+    )
+    group.add_argument("--num-processes", type=int, help="number of processes (default: detected)")
+    group.add_argument("--process-id", type=int, help="this process's index (default: detected)")
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+    if not args.distributed:
+        return
+    import jax
+
+    # CPU-only hosts need a collectives backend across processes; GPUs and TPUs ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
 def train_main(argv: list[str] | None = None) -> None:
     """scripts/train.py"""
     args = train_parser().parse_args(argv)
@@ -154,12 +176,7 @@ def train_main(argv: list[str] | None = None) -> None:
     runtime.configure(fast_cpu=not args.default_xla_flags)
     from segjax import runs
 
-    if args.distributed:
-        import jax
-
-        # CPU-only hosts need a collectives backend across processes; GPUs and TPUs ignore it.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize()
+    _initialize_distributed(args)
     if args.resume:
         run_dir = (
             Path(args.run_dir)
@@ -215,6 +232,7 @@ def submit_parser() -> argparse.ArgumentParser:
         help="RLE pixel order: F column-major (competition), C row-major",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _distributed_flags(parser)
     return parser
 
 
@@ -222,6 +240,7 @@ def submit_main(argv: list[str] | None = None) -> None:
     """scripts/submit.py"""
     args = submit_parser().parse_args(argv)
     runtime.configure(fast_cpu=not args.default_xla_flags)
+    _initialize_distributed(args)
     from segjax import runs
     from segjax.submission import make_submission
 
@@ -286,6 +305,18 @@ def benchmark_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument(
+        "--aug",
+        choices=["none", "basic", "strong"],
+        default="basic",
+        help="augmentation inside the step",
+    )
+    parser.add_argument(
+        "--compare-torch",
+        action="store_true",
+        help="also time benchmarks/pytorch_reference.py (eager and torch.compile, "
+        "channels_last) on the same UNet step; needs torch installed",
+    )
+    parser.add_argument(
         "--flops-only",
         action="store_true",
         help="only parameter counts and forward+backward GFLOPs (no timing)",
@@ -317,7 +348,7 @@ def benchmark_main(argv: list[str] | None = None) -> None:
     )
     print(f"{size[0]}x{size[1]}, base {args.features}, batch {args.batch_size}, {args.precision}")
     configs = [
-        benchmark.bench_config(a, size, args.features, args.batch_size, args.precision)
+        benchmark.bench_config(a, size, args.features, args.batch_size, args.precision, args.aug)
         for a in args.arch
     ]
     if args.flops_only:
@@ -331,3 +362,5 @@ def benchmark_main(argv: list[str] | None = None) -> None:
     print(f"measured float32 matmul peak: {peak:.0f} GFLOP/s")
     results = [benchmark.bench_train(c, steps=args.steps) for c in configs]
     print(benchmark.format_results(results, peak))
+    if args.compare_torch:
+        print(benchmark.compare_torch(results, size, args.features, args.batch_size, args.steps))

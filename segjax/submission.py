@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -123,7 +124,9 @@ def make_submission(
             bar.update(len(idx))
     bar.close()
     path = Path(out) if out else run_dir / "submission.csv"
-    write_csv(path, arrays.ids, rles)
-    empty = validate(path, arrays.ids, [tuple(s) for s in arrays.sizes], order)
+    empty = sum(r == "" for r in rles) / len(rles)
+    if jax.process_index() == 0:  # every process took part in predicting; one writes
+        write_csv(path, arrays.ids, rles)
+        empty = validate(path, arrays.ids, [tuple(s) for s in arrays.sizes], order)
     applied = params if use_postprocess else PostProcess(params.threshold)
     return Report(path, len(rles), empty, applied, tta, loaded.step)

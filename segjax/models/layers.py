@@ -119,6 +119,27 @@ class ConvBlock(nn.Module):
         return x
 
 
+def level_block(net: nn.Module, level: int, padding: str, name: str) -> ConvBlock:
+    """The conv block of `level` (depth = bottleneck) with the network's options.
+
+    Deep-only dropout covers the two deepest levels: the deepest encoder and decoder blocks and
+    the bottleneck.
+    """
+    deep = level >= net.depth - 1
+    rate = net.dropout if (deep or not net.dropout_deep_only) else 0.0
+    return ConvBlock(
+        net.features * 2**level,
+        net.convs,
+        padding,
+        net.batch_norm,
+        rate,
+        net.activation,
+        net.residual,
+        net.dtype,
+        name=name,
+    )
+
+
 class AttentionGate(nn.Module):
     """Additive attention gate (Oktay et al. 2018): the skip scaled by a learned [0, 1] map.
 

@@ -8,7 +8,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import UPSAMPLERS, AttentionGate, ConvBlock, center_crop, param_dtype
+from segjax.models.layers import (
+    UPSAMPLERS,
+    AttentionGate,
+    ConvBlock,
+    center_crop,
+    level_block,
+    param_dtype,
+)
 
 
 def pad_to_multiple(x_BxHxWxC: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -41,19 +48,7 @@ class UNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def block(self, level: int, name: str) -> ConvBlock:
-        deep = level >= self.depth - 1  # the deepest encoder level, the bottleneck, its decoder
-        rate = self.dropout if (deep or not self.dropout_deep_only) else 0.0
-        return ConvBlock(
-            self.features * 2**level,
-            self.convs,
-            self.padding,
-            self.batch_norm,
-            rate,
-            self.activation,
-            self.residual,
-            self.dtype,
-            name=name,
-        )
+        return level_block(self, level, self.padding, name)
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:

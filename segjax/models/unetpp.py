@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import UPSAMPLERS, ConvBlock, param_dtype
+from segjax.models.layers import UPSAMPLERS, ConvBlock, level_block, param_dtype
 from segjax.models.unet import pad_to_multiple
 
 
@@ -30,19 +30,7 @@ class UNetPlusPlus(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def block(self, level: int, name: str) -> ConvBlock:
-        deep = level >= self.depth - 1
-        rate = self.dropout if (deep or not self.dropout_deep_only) else 0.0
-        return ConvBlock(
-            self.features * 2**level,
-            self.convs,
-            "SAME",
-            self.batch_norm,
-            rate,
-            self.activation,
-            self.residual,
-            self.dtype,
-            name=name,
-        )
+        return level_block(self, level, "SAME", name)
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:

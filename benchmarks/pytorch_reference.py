@@ -1,0 +1,115 @@
+"""The UNet train step of segjax in PyTorch, for a side-by-side speed check (not part of CI).
+
+Same network as `segjax.models.UNet` (3x3 conv without bias + BatchNorm + ReLU twice per block,
+2x2 max-pool, 2x2 stride-2 transposed-conv upsampling, 1x1 head), same step (Adam, BCE + soft
+Dice), NHWC memory (channels_last). Needs `pip install torch==2.13.0`. Prints one JSON line.
+
+    python benchmarks/pytorch_reference.py --compile --image-size 256 --features 32 --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    def __init__(self, features: int = 32, depth: int = 4):
+        super().__init__()
+        widths = [features * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList(
+            [block(3 if i == 0 else widths[i - 1], widths[i]) for i in range(depth)]
+        )
+        self.bottleneck = block(widths[depth - 1], widths[depth])
+        self.up = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+                for i in reversed(range(depth))
+            ]
+        )
+        self.dec = nn.ModuleList([block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(features, 1, 1)
+
+    def forward(self, x):
+        skips = []
+        for down in self.down:
+            x = down(x)
+            skips.append(x)
+            x = nn.functional.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for up, dec in zip(self.up, self.dec, strict=True):
+            x = dec(torch.cat([skips.pop(), up(x)], dim=1))
+        return self.head(x)
+
+
+def loss_fn(logits, masks):
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, masks)
+    p = torch.sigmoid(logits).flatten(1)
+    y = masks.flatten(1)
+    tp = (p * y).sum(1)
+    dice = 1 - (2 * tp + 1) / (p.sum(1) + y.sum(1) + 1)
+    return bce + dice.mean()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the step")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = UNet(args.features).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    b, s = args.batch_size, args.image_size
+    x = torch.randn(b, 3, s, s).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(b, 1, s, s) > 0.5).float()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    run = torch.compile(step) if args.compile else step
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    median = float(np.median(times))
+    print(
+        json.dumps(
+            {
+                "framework": f"torch {torch.__version__}",
+                "compile": args.compile,
+                "threads": torch.get_num_threads(),
+                "step_ms": median * 1e3,
+                "img_per_s": b / median,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
