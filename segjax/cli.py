@@ -64,6 +64,12 @@ FIELDS = {
     "edge-weight": ("train", "edge_weight", float, "edge_bce_dice boundary weight (default 4)"),
     "aug": ("train", "aug", ["none", "basic", "strong"], "augmentation (default basic)"),
     "seed": ("train", "seed", int, "init/augmentation/order seed (default 0)"),
+    "init-from": (
+        "train",
+        "init_from",
+        str,
+        "fine-tune: start from this run folder's best weights",
+    ),
     "early-stop": ("train", "early_stop", int, "patience in epochs on val Dice, 0 = off"),
     "precision": ("train", "precision", ["fp32", "bf16"], "compute precision (default fp32)"),
 }

@@ -69,7 +69,7 @@ class TrainConfig:
     early_stop: int = 0  # stop after this many epochs without a better validation Dice (0 = off)
     precision: str = "fp32"  # "fp32" or "bf16" (sets ModelConfig.dtype)
     preview_count: int = 8  # validation images drawn in previews/epoch_NNN.png
-    distributed: bool = False  # call jax.distributed.initialize() (multi-host)
+    init_from: str = ""  # start from this run folder's best weights (fine-tuning), "" = fresh
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from segjax import augment, checkpoint, data, losses, metrics, parallel, sources, viz, writer
 from segjax.config import Config, TrainConfig, save_config
-from segjax.models import create_model
+from segjax.models import create_model, output_size
 from segjax.models.layers import center_crop
 from segjax.synthetic import cache_root
 
@@ -90,6 +90,7 @@ def create_train_state(config: Config, rng: jax.Array, steps_per_epoch: int) -> 
     """Initialise parameters (under jit: faster) from the config and a key."""
     model = create_model(config.model)
     h, w = config.data.image_size
+    output_size(config.model, h, w)  # unet-valid: a clear error when the input is too small
     sample = jnp.zeros((1, h, w, config.data.channels), jnp.float32)
     variables = jax.jit(lambda key: model.init({"params": key}, sample, train=False))(rng)
     tx = create_optimizer(config.train, steps_per_epoch)
@@ -270,6 +271,8 @@ def fit(
     state = jax.device_put(
         create_train_state(config, jax.random.fold_in(rng, 0), spe), parallel.replicated(mesh)
     )
+    if tc.init_from:
+        state = _init_from(state, tc.init_from, mesh)
     manager = checkpoint.create_manager(run_dir / "checkpoints")
     record = {"epoch": 0, "position": [0, 0], "best_dice": -1.0, "best_epoch": 0, "bad_epochs": 0}
     metrics_path = run_dir / "metrics.jsonl"
@@ -354,6 +357,18 @@ def fit(
         manager.wait_until_finished()
         manager.close()
     return last_row
+
+
+def _init_from(state: TrainState, run_dir: str, mesh) -> TrainState:
+    """Fine-tuning: this run's weights and BatchNorm statistics from another run's best epoch."""
+    from segjax.predict import load_run
+
+    source = load_run(run_dir, "best", mesh)
+    if jax.tree.structure(source.variables["params"]) != jax.tree.structure(state.params):
+        raise ValueError(f"--init-from {run_dir}: its model differs from this run's (arch/options)")
+    return state.replace(
+        params=source.variables["params"], batch_stats=source.variables["batch_stats"]
+    )
 
 
 def _check_finite(loss: float, epoch: int, index: int, manager) -> None:
