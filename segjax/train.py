@@ -364,7 +364,8 @@ def _init_from(state: TrainState, run_dir: str, mesh) -> TrainState:
     from segjax.predict import load_run
 
     source = load_run(run_dir, "best", mesh)
-    if jax.tree.structure(source.variables["params"]) != jax.tree.structure(state.params):
+    shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)
+    if shapes(source.variables["params"]) != shapes(state.params):
         raise ValueError(f"--init-from {run_dir}: its model differs from this run's (arch/options)")
     return state.replace(
         params=source.variables["params"], batch_stats=source.variables["batch_stats"]

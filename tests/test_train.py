@@ -227,3 +227,17 @@ def test_too_few_images_for_a_batch(tiny_config):
     config = replace(tiny_config, train={"batch_size": 64})
     with pytest.raises(data.DataError, match="fewer than one batch"):
         train.fit(config, "/nonexistent/run", progress=False)
+
+
+def test_init_from_starts_from_another_runs_best_weights(tmp_path, tiny_config):
+    first = tmp_path / "first"
+    train.fit(replace(tiny_config, train={"epochs": 1}), first, progress=False)
+    tuned = replace(tiny_config, train={"epochs": 1, "lr": 0.0, "init_from": str(first)})
+    train.fit(tuned, tmp_path / "second", progress=False)
+    a, _ = final_state(tiny_config, first)
+    b, _ = final_state(tiny_config, tmp_path / "second")
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    other = replace(tuned, model={"features": 8})
+    with pytest.raises(ValueError, match="its model differs"):
+        train.fit(other, tmp_path / "third", progress=False)
