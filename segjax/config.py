@@ -97,8 +97,13 @@ class Config:
         return cls(**kwargs)
 
 
+# Fields that older versions wrote to config.json and that no longer exist: ignored on load.
+RETIRED = {"TrainConfig": {"distributed"}}
+
+
 def _build(cls: type, raw: dict[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    raw = {k: v for k, v in raw.items() if k not in RETIRED.get(cls.__name__, ())}
     unknown = set(raw) - set(fields)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")

@@ -93,10 +93,15 @@ def iterate_probs(
     parallel.check_batch_size(batch_size)
     fn = create_predict_fn(loaded.config, mesh, tta)
     rows = parallel.local_slice(batch_size)
+    pending = None  # dispatch batch i + 1 before handing out batch i: the caller's work overlaps
     for idx, valid in data.eval_batches(len(images_u8), batch_size):
         batch = parallel.shard_batch({"image": np.asarray(images_u8[idx])[rows]}, mesh, batch_size)
-        probs = parallel.gather(fn(loaded.variables, batch["image"]))
-        yield idx[valid], probs[valid]
+        probs = fn(loaded.variables, batch["image"])
+        if pending is not None:
+            yield pending[0], parallel.gather(pending[2])[pending[1]]
+        pending = (idx[valid], valid, probs)
+    if pending is not None:
+        yield pending[0], parallel.gather(pending[2])[pending[1]]
 
 
 def predict_all(loaded: Loaded, images_u8: np.ndarray, batch_size: int, tta: bool, mesh=None):

@@ -90,3 +90,15 @@ def test_relative_sizes_scale_with_resolution():
         postprocess.clean(small, params).sum() == 25
         and postprocess.clean(big, params).sum() == 1600
     )
+
+
+@pytest.mark.parametrize("radius", [3, 8, 13])
+def test_fast_opening_equals_scipy_binary_opening(radius):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(radius)
+    blobs = ndimage.gaussian_filter(rng.random((160, 120)), 10)
+    mask = blobs > np.median(blobs)
+    expected = ndimage.binary_opening(mask, structure=postprocess.disk(radius))
+    np.testing.assert_array_equal(postprocess.opening(mask, radius), expected)
+    assert 0 < expected.sum() < mask.sum()
