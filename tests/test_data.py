@@ -231,3 +231,16 @@ def test_tfds_source_under_mock_data_gives_binary_masks_at_the_training_size():
     assert [t.shape for t in truths] == [tuple(s) for s in arrays.sizes[:2]]
     with pytest.raises(data.DataError, match="tfds:no_such_dataset"):
         sources.load_labelled(DataConfig(data_dir="tfds:no_such_dataset"))
+
+
+def test_real_photos_pair_and_decode():
+    from tests.conftest import ccp_or_skip
+
+    root = ccp_or_skip()
+    layout = data.discover(root)  # the plain images/ + masks/ layout, JPEG images, PNG masks
+    assert len(layout.train) == 803 and layout.test == ()
+    arrays = data.load(layout.train[:12], (96, 64))
+    assert arrays.images.shape == (12, 96, 64, 3)
+    fractions = arrays.masks.reshape(12, -1).mean(axis=1)
+    assert np.all((fractions > 0.08) & (fractions < 0.4)), fractions
+    assert all(h > w for h, w in arrays.sizes)  # portrait street photos
