@@ -284,43 +284,25 @@ def fit(
     elif lead:
         metrics_path.unlink(missing_ok=True)
     train_rng = jax.random.fold_in(rng, 1)
-    local_rows = parallel.local_slice(tc.batch_size)
     last_row: dict[str, Any] = rows[-1] if rows else {}
     start_epoch, start_index = record["position"]
     try:
         for epoch in range(start_epoch, min(tc.epochs, stop_at_epoch or tc.epochs)):
             if tc.early_stop and record["bad_epochs"] >= tc.early_stop:
                 break
-            bar = tqdm(
-                total=spe * tc.batch_size,
-                initial=start_index * tc.batch_size,
-                desc=f"epoch {epoch + 1}/{tc.epochs}",
-                unit="img",
-                disable=not (progress and lead),
-                leave=False,
-                dynamic_ncols=True,
+            state, train_loss, seconds = _train_epoch(
+                steps,
+                state,
+                splits,
+                tc,
+                epoch,
+                start_index,
+                mesh,
+                train_rng,
+                manager,
+                progress and lead,
             )
-            step_losses = []
-            tic = time.perf_counter()
-            for index, idx in data.train_batches(
-                len(splits.train), tc.batch_size, tc.seed, epoch, start_index
-            ):
-                batch = parallel.shard_batch(
-                    _host_batch(splits.arrays, splits.train[idx], local_rows), mesh, tc.batch_size
-                )
-                state, out = steps.train(state, batch, train_rng)
-                step_losses.append(out["loss"])
-                if index % 10 == 0 and len(step_losses) > 1:  # read one step late: no stall
-                    _check_finite(float(step_losses[-2]), epoch, index, manager)
-                    bar.set_postfix(loss=f"{float(step_losses[-2]):.4f}")
-                bar.update(tc.batch_size)
-            bar.close()
-            start_index = 0
-            train_loss = (
-                float(np.mean(jax.device_get(step_losses))) if step_losses else float("nan")
-            )
-            _check_finite(train_loss, epoch, spe, manager)
-            seconds = time.perf_counter() - tic
+            images, start_index = (spe - start_index) * tc.batch_size, 0
             val = evaluate(steps, state, splits.arrays, splits.val, tc.eval_batch_size, mesh)
             row = {
                 "epoch": epoch + 1,
@@ -340,23 +322,57 @@ def fit(
             preview_path = run_dir / f"previews/epoch_{epoch + 1:03d}.png"
             _preview(steps, state, splits, config, mesh, preview_path)
             if lead:
-                writer.append_metrics(metrics_path, row)
                 rows.append(row)
-                writer.append_metrics(
-                    run_dir / "timing.jsonl",
-                    {
-                        "epoch": epoch + 1,
-                        "train_seconds": seconds,
-                        "train_img_per_s": len(step_losses) * tc.batch_size / max(seconds, 1e-9),
-                    },
-                )
-                viz.save_curves(rows, run_dir / "curves.png")
+                _log_epoch(run_dir, rows, seconds, images)
                 _report(row, record, seconds)
             last_row = row
     finally:
         manager.wait_until_finished()
         manager.close()
     return last_row
+
+
+def _train_epoch(steps, state, splits, tc, epoch, start_index, mesh, rng, manager, show):
+    """One epoch of updates from batch `start_index` on; returns (state, mean loss, seconds)."""
+    spe = data.steps_per_epoch(len(splits.train), tc.batch_size)
+    bar = tqdm(
+        total=spe * tc.batch_size,
+        initial=start_index * tc.batch_size,
+        desc=f"epoch {epoch + 1}/{tc.epochs}",
+        unit="img",
+        disable=not show,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    rows = parallel.local_slice(tc.batch_size)
+    step_losses = []
+    tic = time.perf_counter()
+    for index, idx in data.train_batches(
+        len(splits.train), tc.batch_size, tc.seed, epoch, start_index
+    ):
+        host = _host_batch(splits.arrays, splits.train[idx], rows)
+        state, out = steps.train(state, parallel.shard_batch(host, mesh, tc.batch_size), rng)
+        step_losses.append(out["loss"])
+        if index % 10 == 0 and len(step_losses) > 1:  # read one step late: no stall
+            _check_finite(float(step_losses[-2]), epoch, index, manager)
+            bar.set_postfix(loss=f"{float(step_losses[-2]):.4f}")
+        bar.update(tc.batch_size)
+    bar.close()
+    loss = float(np.mean(jax.device_get(step_losses))) if step_losses else float("nan")
+    _check_finite(loss, epoch, spe, manager)
+    return state, loss, time.perf_counter() - tic
+
+
+def _log_epoch(run_dir: Path, rows: list[dict], seconds: float, images: int) -> None:
+    """metrics.jsonl (deterministic), timing.jsonl (clock), curves.png: process 0 only."""
+    writer.append_metrics(run_dir / "metrics.jsonl", rows[-1])
+    timing = {
+        "epoch": rows[-1]["epoch"],
+        "train_seconds": seconds,
+        "train_img_per_s": images / max(seconds, 1e-9),
+    }
+    writer.append_metrics(run_dir / "timing.jsonl", timing)
+    viz.save_curves(rows, run_dir / "curves.png")
 
 
 def _init_from(state: TrainState, run_dir: str, mesh) -> TrainState:
