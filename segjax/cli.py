@@ -12,58 +12,58 @@ from segjax import runtime
 # Flags that map one-to-one onto a config field: flag -> (section, field, type, help).
 FIELDS = {
     "data-dir": ("data", "data_dir", str, "competition-layout folder (default: synthetic demo)"),
-    "image-size": ("data", "image_size", "size", "training size, N or HxW (default 256; demo 96)"),
-    "val-fraction": ("data", "val_fraction", float, "validation share (default 0.1)"),
-    "test-fraction": ("data", "test_fraction", float, "local held-out test share (default 0)"),
-    "split-seed": ("data", "split_seed", int, "seed of the train/val/test split (default 0)"),
+    "image-size": ("data", "image_size", "size", "training size, N or HxW"),
+    "val-fraction": ("data", "val_fraction", float, "validation share"),
+    "test-fraction": ("data", "test_fraction", float, "local held-out test share"),
+    "split-seed": ("data", "split_seed", int, "seed of the train/val/test split"),
     "normalize": (
         "data",
         "normalize",
         ["dataset", "imagenet", "none"],
-        "input normalisation (default dataset mean/std)",
+        "input normalisation",
     ),
     "cache-dir": ("data", "cache_dir", str, "decoded-array cache (default ~/.cache/segjax/arrays)"),
     "arch": (
         "model",
         "arch",
         ["unet", "unet-valid", "attn", "resunet", "unetpp"],
-        "architecture (default unet)",
+        "architecture",
     ),
-    "features": ("model", "features", int, "channels of the first level (default 32; demo 16)"),
-    "depth": ("model", "depth", int, "number of poolings (default 4)"),
-    "dropout": ("model", "dropout", float, "dropout rate (default 0)"),
-    "activation": ("model", "activation", ["relu", "leaky_relu"], "activation (default relu)"),
-    "upsample": ("model", "upsample", ["transpose", "resize"], "upsampling (default transpose)"),
-    "batch-size": ("train", "batch_size", int, "global batch size (default 8; demo 4)"),
-    "eval-batch-size": ("train", "eval_batch_size", int, "evaluation batch (default 16)"),
-    "epochs": ("train", "epochs", int, "epochs (default 30; demo 20)"),
-    "lr": ("train", "lr", float, "peak learning rate (default 1e-3; demo 2e-3)"),
-    "optimizer": ("train", "optimizer", ["adam", "adamw"], "optimizer (default adam)"),
-    "weight-decay": ("train", "weight_decay", float, "adamw weight decay (default 1e-4)"),
+    "features": ("model", "features", int, "channels of the first level"),
+    "depth": ("model", "depth", int, "number of poolings"),
+    "dropout": ("model", "dropout", float, "dropout rate"),
+    "activation": ("model", "activation", ["relu", "leaky_relu"], "activation"),
+    "upsample": ("model", "upsample", ["transpose", "resize"], "upsampling"),
+    "batch-size": ("train", "batch_size", int, "global batch size"),
+    "eval-batch-size": ("train", "eval_batch_size", int, "evaluation batch"),
+    "epochs": ("train", "epochs", int, "epochs"),
+    "lr": ("train", "lr", float, "peak learning rate"),
+    "optimizer": ("train", "optimizer", ["adam", "adamw"], "optimizer"),
+    "weight-decay": ("train", "weight_decay", float, "adamw weight decay"),
     "schedule": (
         "train",
         "schedule",
         ["constant", "cosine", "onecycle", "plateau"],
-        "learning-rate schedule (default cosine)",
+        "learning-rate schedule",
     ),
-    "warmup-epochs": ("train", "warmup_epochs", float, "cosine warm-up (default 1)"),
-    "plateau-factor": ("train", "plateau_factor", float, "plateau rate factor (default 0.5)"),
-    "plateau-patience": ("train", "plateau_patience", int, "plateau patience (default 3)"),
+    "warmup-epochs": ("train", "warmup_epochs", float, "cosine warm-up"),
+    "plateau-factor": ("train", "plateau_factor", float, "plateau rate factor"),
+    "plateau-patience": ("train", "plateau_patience", int, "plateau patience"),
     "loss": (
         "train",
         "loss",
         ["bce", "dice", "bce_dice", "focal", "tversky", "focal_tversky", "edge_bce_dice"],
-        "loss (default bce_dice)",
+        "loss",
     ),
-    "pos-weight": ("train", "pos_weight", float, "BCE weight of person pixels (default 1)"),
-    "focal-gamma": ("train", "focal_gamma", float, "focal loss gamma (default 2)"),
-    "focal-alpha": ("train", "focal_alpha", float, "focal loss alpha, <0 = none (default 0.25)"),
-    "tversky-alpha": ("train", "tversky_alpha", float, "Tversky FN weight (default 0.7)"),
-    "tversky-beta": ("train", "tversky_beta", float, "Tversky FP weight (default 0.3)"),
-    "tversky-gamma": ("train", "tversky_gamma", float, "focal Tversky exponent (default 0.75)"),
-    "edge-weight": ("train", "edge_weight", float, "edge_bce_dice boundary weight (default 4)"),
-    "aug": ("train", "aug", ["none", "basic", "strong"], "augmentation (default basic)"),
-    "seed": ("train", "seed", int, "init/augmentation/order seed (default 0)"),
+    "pos-weight": ("train", "pos_weight", float, "BCE weight of person pixels"),
+    "focal-gamma": ("train", "focal_gamma", float, "focal loss gamma"),
+    "focal-alpha": ("train", "focal_alpha", float, "focal loss alpha, <0 = none"),
+    "tversky-alpha": ("train", "tversky_alpha", float, "Tversky FN weight"),
+    "tversky-beta": ("train", "tversky_beta", float, "Tversky FP weight"),
+    "tversky-gamma": ("train", "tversky_gamma", float, "focal Tversky exponent"),
+    "edge-weight": ("train", "edge_weight", float, "edge_bce_dice boundary weight"),
+    "aug": ("train", "aug", ["none", "basic", "strong"], "augmentation"),
+    "seed": ("train", "seed", int, "init/augmentation/order seed"),
     "init-from": (
         "train",
         "init_from",
@@ -71,7 +71,7 @@ FIELDS = {
         "fine-tune: start from this run folder's best weights",
     ),
     "early-stop": ("train", "early_stop", int, "patience in epochs on val Dice, 0 = off"),
-    "precision": ("train", "precision", ["fp32", "bf16"], "compute precision (default fp32)"),
+    "precision": ("train", "precision", ["fp32", "bf16"], "compute precision"),
 }
 SWITCHES = {  # boolean flags: flag -> (section, field, value, help)
     "grayscale": ("data", "grayscale", True, "decode images as grayscale"),
@@ -84,13 +84,26 @@ SWITCHES = {  # boolean flags: flag -> (section, field, value, help)
 DEMO = {"image_size": (96, 96), "features": 16, "epochs": 20, "batch_size": 4, "lr": 2e-3}
 
 
+def _with_default(section: str, field: str, text: str) -> str:
+    """Help text + the config's default (and the demo preset's), never typed twice."""
+    from segjax.config import Config
+
+    if field in ("data_dir", "cache_dir", "init_from"):
+        return text
+    show = lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    default = show(getattr(getattr(Config(), section), field))
+    demo = f"; demo {show(DEMO[field])}" if field in DEMO else ""
+    return f"{text} (default {default}{demo})"
+
+
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a UNet-family segmentation model into runs/<name>/ (config, "
-        "checkpoints, metrics.jsonl, previews, curves.png, tuned.json).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "checkpoints, metrics.jsonl, previews, curves.png, tuned.json). Without --data-dir it "
+        "trains on a synthetic demo dataset with a smaller, faster preset.",
     )
-    for flag, (_, _, kind, text) in FIELDS.items():
+    for flag, (section, field, kind, text) in FIELDS.items():
+        text = _with_default(section, field, text)
         if isinstance(kind, list):
             parser.add_argument(f"--{flag}", choices=kind, help=text)
         else:
@@ -211,7 +224,9 @@ def train_main(argv: list[str] | None = None) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="run folder (default: the newest under runs/)")
-    parser.add_argument("--checkpoint", default="best", help="best, latest or an epoch number")
+    parser.add_argument(
+        "--checkpoint", default="best", help="best, latest or an epoch number (default best)"
+    )
     parser.add_argument("--batch-size", type=int, help="prediction batch (default: the run's)")
     parser.add_argument(
         "--default-xla-flags", action="store_true", help="do not set segjax's XLA:CPU speed flags"
@@ -221,7 +236,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def submit_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Predict every test image and write a validated Kaggle submission CSV.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _common(parser)
     parser.add_argument("--data-dir", help="data folder with test/images (default: the run's)")
@@ -235,7 +249,7 @@ def submit_parser() -> argparse.ArgumentParser:
         "--order",
         choices=["F", "C"],
         default="F",
-        help="RLE pixel order: F column-major (competition), C row-major",
+        help="RLE pixel order: F column-major (competition, default), C row-major",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _distributed_flags(parser)
@@ -276,10 +290,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
         description="Dice, IoU, precision, recall, accuracy and confusion matrix of a run on its "
         "validation or held-out test split, with and without post-processing and flip TTA, "
         "plus a PNG of the 8 worst images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _common(parser)
-    parser.add_argument("--split", choices=["val", "test"], default="val", help="which split")
+    parser.add_argument("--split", choices=["val", "test"], default="val", help="default val")
     parser.add_argument("--out-dir", help="where to write the JSON and PNG (default: the run)")
     return parser
 

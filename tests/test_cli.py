@@ -137,3 +137,13 @@ def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
     submit = run([sys.executable, str(ROOT / "scripts/submit.py"), "--no-progress"])
     assert submit.returncode == 0, submit.stderr[-3000:]
     assert "submission.csv: 9 rows" in submit.stdout
+
+
+def test_flag_choices_match_the_library_tables():
+    from segjax.losses import LOSSES
+    from segjax.models import ARCHS
+
+    assert cli.FIELDS["arch"][2] == list(ARCHS)
+    assert cli.FIELDS["loss"][2] == list(LOSSES)
+    help_text = cli.train_parser().format_help()
+    assert "(default 30; demo 20)" in help_text and "(default: None)" not in help_text
