@@ -53,7 +53,9 @@ def save_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], path,
         for c, tile in enumerate(row):
             grid.paste(Image.fromarray(tile), (c * (w + gap), header + r * (h + gap)))
         if captions:
-            draw.text((2, header + r * (h + gap) + 2), captions[r], fill="yellow")
+            xy = (2, header + r * (h + gap) + 2)
+            draw.rectangle(draw.textbbox(xy, captions[r]), fill="black")
+            draw.text(xy, captions[r], fill="yellow")
     _save_png(grid, path)
 
 
