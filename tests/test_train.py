@@ -37,6 +37,10 @@ def test_one_step(tiny_config):
     state, out = steps.train(state, parallel.shard_batch(batch, mesh, 4), jax.random.key(1))
     assert int(state.step) == 1
     assert np.isfinite(float(out["loss"]))
+    state, out = steps.train(state, parallel.shard_batch(batch, mesh, 4), jax.random.key(1))
+    # Golden number: init, augmentation, loss and one Adam update together. If a deliberate
+    # change moves it, print float(out["loss"]) here and paste the new value.
+    assert float(out["loss"]) == pytest.approx(1.7289138, rel=1e-4), float(out["loss"])
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, state.params)
     assert all(jax.tree.leaves(changed))
 
