@@ -22,8 +22,8 @@ def fake_run(root, name, dice, tta=False):
 
 def test_table_reads_run_folders_and_marks_missing_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "ROOT", tmp_path)
-    fake_run(tmp_path / "runs", "baseline", 0.80)
-    fake_run(tmp_path / "runs", "attn", 0.85, tta=True)
+    fake_run(tmp_path / experiments.RESULTS, "baseline", 0.80)
+    fake_run(tmp_path / experiments.RESULTS, "attn", 0.85, tta=True)
     text = experiments.table("runs")
     assert "| baseline | UNet, RGB" in text and "| 0.8000 | 0.8000 | 0.8100 | 2 | 2.5 |" in text
     assert "| grayscale | grayscale input | not run |" in text
