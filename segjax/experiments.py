@@ -110,9 +110,17 @@ def evaluate_command(name: str, runs_root: str = "runs/experiments") -> list[str
 def run(name: str, data_dir: str = DATA, runs_root: str = "runs/experiments") -> None:
     """Train and evaluate one experiment; a finished one is skipped, a stopped one resumed."""
     run_dir = ROOT / runs_root / name
-    if (run_dir / "evaluation_test.json").exists():
-        print(f"{name}: done already")
+    if (ROOT / RESULTS / name / "evaluation_test.json").exists():
+        print(f"{name}: done already (results in {RESULTS}/{name})")
         return
+    if name == FINETUNE[0]:  # fine-tuning needs the best run's checkpoint, here
+        best = best_experiment(runs_root)
+        if not (ROOT / runs_root / best / "checkpoints").exists():
+            subprocess.run(
+                [sys.executable, *train_command(best, data_dir, runs_root)[1:]],
+                cwd=ROOT,
+                check=True,
+            )
     command = train_command(name, data_dir, runs_root)
     if (run_dir / "checkpoints").exists():
         command = [
