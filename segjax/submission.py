@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from segjax import postprocess, rle
 from segjax.postprocess import PostProcess
+from segjax.predict import resize_prob
 
 HEADER = ("id", "encoded_pixels")
 
@@ -77,8 +78,6 @@ def validate(
 
 
 def encode_one(prob: np.ndarray, size, params: PostProcess, use_pp: bool, order: str) -> str:
-    from segjax.predict import resize_prob
-
     return rle.encode(postprocess.apply(resize_prob(prob, size), params, use_pp), order)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from segjax import runtime
+
 # (height, width): square and non-square, small enough to make hundreds in seconds.
 DEMO_SIZES = ((192, 192), (160, 224), (224, 160), (256, 256), (176, 208))
 
@@ -160,7 +162,7 @@ def generate(
 
 def cache_root() -> Path:
     """Where segjax keeps the demo data and decoded-array caches ($SEGJAX_CACHE)."""
-    return Path(os.environ.get("SEGJAX_CACHE", Path.home() / ".cache" / "segjax"))
+    return runtime.cache_dir()
 
 
 def demo_data_dir(n_train: int = 320, n_test: int = 64, seed: int = 0) -> Path:
