@@ -66,8 +66,12 @@ def _probs(variables, images_u8, *, model, mean, std, pad, tta: bool) -> jax.Arr
     return probs
 
 
+@functools.lru_cache(maxsize=16)
 def create_predict_fn(config: Config, mesh, tta: bool):
-    """jit (variables, uint8 images [B, H, W, C]) -> probabilities [B, H, W], batch sharded."""
+    """jit (variables, uint8 images [B, H, W, C]) -> probabilities [B, H, W], batch sharded.
+
+    Cached on (config, mesh, tta), so the training previews compile it once per run.
+    """
     h, w = config.data.image_size
     pad = None
     if config.model.arch == "unet-valid":

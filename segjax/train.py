@@ -16,7 +16,18 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from segjax import augment, checkpoint, data, losses, metrics, parallel, sources, viz, writer
+from segjax import (
+    augment,
+    checkpoint,
+    data,
+    losses,
+    metrics,
+    parallel,
+    predict,
+    sources,
+    viz,
+    writer,
+)
 from segjax.config import Config, TrainConfig, save_config
 from segjax.models import create_model, output_size
 from segjax.models.layers import center_crop
@@ -145,7 +156,6 @@ def eval_step(state: TrainState, batch: dict, *, loss_fn, mean, std) -> dict[str
 class Steps(NamedTuple):
     train: Any  # (state, batch, rng) -> (state, metrics), state donated
     eval: Any  # (state, batch) -> per-image loss and counts
-    predict: Any  # (state, images_u8) -> logits
 
 
 def create_steps(config: Config, mesh) -> Steps:
@@ -158,11 +168,6 @@ def create_steps(config: Config, mesh) -> Steps:
     return Steps(
         jax.jit(train, in_shardings=(rep, shard, rep), out_shardings=(rep, rep), donate_argnums=0),
         jax.jit(evaluate, in_shardings=(rep, shard), out_shardings=shard),
-        jax.jit(
-            functools.partial(predict_logits, **norm),
-            in_shardings=(rep, shard),
-            out_shardings=shard,
-        ),
     )
 
 
@@ -210,30 +215,23 @@ def evaluate(steps: Steps, state, arrays: data.Arrays, indices, batch_size: int,
     return {"loss": float(np.mean(np.concatenate(losses_))), **summary}
 
 
-def predict_probs(steps: Steps, state, images_u8: np.ndarray, batch_size: int, mesh) -> np.ndarray:
-    """Sigmoid probabilities [N, h, w] for a small host array of images (padded batches)."""
-    out = []
-    rows = parallel.local_slice(batch_size)
-    for idx, valid in data.eval_batches(len(images_u8), batch_size):
-        batch = parallel.shard_batch({"image": np.asarray(images_u8[idx])[rows]}, mesh, batch_size)
-        logits = parallel.gather(steps.predict(state, batch["image"]))
-        out.append(logits[valid, ..., 0])
-    return 1.0 / (1.0 + np.exp(-np.concatenate(out)))
-
-
 # ---------------------------------------------------------------------------- the loop
 
 
-def _preview(steps, state, splits: Splits, config: Config, mesh, path: Path) -> None:
-    """Every process predicts (the computation spans all devices); process 0 draws."""
+def _preview(state, splits: Splits, config: Config, mesh, path: Path, epoch: int) -> None:
+    """Every process predicts (the computation spans all devices); process 0 draws.
+
+    The same prediction function as `scripts/submit.py` (no TTA), so a `unet-valid` preview
+    covers the whole image through its mirror padding.
+    """
     idx = splits.val[: config.train.preview_count]
-    images, masks = splits.arrays.images[idx], splits.arrays.masks[idx]
-    probs = predict_probs(steps, state, images, config.train.eval_batch_size, mesh)
-    if jax.process_index() != 0:
-        return
-    h, w = probs.shape[1:]
-    crop = lambda x: np.asarray(center_crop(np.asarray(x)[..., None] if x.ndim == 3 else x, h, w))
-    viz.save_preview(crop(images), crop(masks)[..., 0], probs, path)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    loaded = predict.Loaded(config, variables, epoch, path.parents[1])
+    probs = predict.predict_all(
+        loaded, splits.arrays.images[idx], config.train.eval_batch_size, tta=False, mesh=mesh
+    )
+    if jax.process_index() == 0:
+        viz.save_preview(splits.arrays.images[idx], splits.arrays.masks[idx, ..., 0], probs, path)
 
 
 def fit(
@@ -320,7 +318,7 @@ def fit(
             meta = {**record, "metrics": row, "config": config.to_dict()}
             checkpoint.save(manager, epoch + 1, state, meta)
             preview_path = run_dir / f"previews/epoch_{epoch + 1:03d}.png"
-            _preview(steps, state, splits, config, mesh, preview_path)
+            _preview(state, splits, config, mesh, preview_path, epoch + 1)
             if lead:
                 rows.append(row)
                 _log_epoch(run_dir, rows, seconds, images)
@@ -377,9 +375,7 @@ def _log_epoch(run_dir: Path, rows: list[dict], seconds: float, images: int) -> 
 
 def _init_from(state: TrainState, run_dir: str, mesh) -> TrainState:
     """Fine-tuning: this run's weights and BatchNorm statistics from another run's best epoch."""
-    from segjax.predict import load_run
-
-    source = load_run(run_dir, "best", mesh)
+    source = predict.load_run(run_dir, "best", mesh)
     shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)
     if shapes(source.variables["params"]) != shapes(state.params):
         raise ValueError(f"--init-from {run_dir}: its model differs from this run's (arch/options)")

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import parallel, train
+from segjax import parallel, predict, train
 from segjax.config import replace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,8 +105,9 @@ def test_bf16_training_converges_with_float32_parameters(tiny_config):
         losses.append(float(out["loss"]))
     assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
     assert {str(x.dtype) for x in jax.tree.leaves(state.params)} == {"float32"}
-    logits = steps.predict(state, batch["image"])
-    assert logits.dtype == np.float32
+    predict_fn = predict.create_predict_fn(config, mesh, tta=False)
+    probs = predict_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
+    assert probs.dtype == np.float32
 
 
 @pytest.mark.parametrize("devices", [1])

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from segjax import checkpoint, data, parallel, train, writer
 from segjax.config import TrainConfig, replace
@@ -245,3 +246,19 @@ def test_init_from_starts_from_another_runs_best_weights(tmp_path, tiny_config):
     other = replace(tuned, model={"features": 8})
     with pytest.raises(ValueError, match="its model differs"):
         train.fit(other, tmp_path / "third", progress=False)
+
+
+def test_unet_valid_trains_and_previews_whole_images(demo_dir, tmp_path):
+    """Training compares the centre crop; the preview mirror-pads, as submit does."""
+    from tests.conftest import make_tiny_config
+
+    config = replace(
+        make_tiny_config(demo_dir, epochs=1),
+        data={"image_size": (44, 44)},
+        model={"arch": "unet-valid"},
+    )
+    row = train.fit(config, tmp_path / "run", progress=False)
+    assert np.isfinite(row["val_loss"]) and 0 <= row["val_dice"] <= 1
+    preview = Image.open(tmp_path / "run/previews/epoch_001.png")
+    # Three 44x44 tiles per row (2 px gaps), a 14 px header, preview_count = 2 rows.
+    assert preview.size == (3 * 46, 14 + 2 * 46)
