@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import resource
 import time
 
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax import losses, parallel, train
+from segjax import losses, parallel, predict, train
 from segjax.config import Config, DataConfig, ModelConfig, TrainConfig
 from segjax.models import create_model
 
@@ -125,11 +126,14 @@ def bench_train(config: Config, steps: int = 10, warmup: int = 2) -> Result:
         state, out = fns.train(state, host_batch(i), key)
     jax.block_until_ready(out)
     fed = (time.perf_counter() - t) / steps
-    predict_fn = fns.predict
-    predict_fn(state, staged["image"]).block_until_ready()
+    predict_fn = functools.partial(
+        predict.create_predict_fn(config, mesh, tta=False),
+        {"params": state.params, "batch_stats": state.batch_stats},
+    )
+    predict_fn(staged["image"]).block_until_ready()
     t = time.perf_counter()
     for _ in range(3):
-        predict_fn(state, staged["image"]).block_until_ready()
+        predict_fn(staged["image"]).block_until_ready()
     predict_s = (time.perf_counter() - t) / 3
     gflops = forward_backward_gflops(config)
     return Result(
