@@ -231,7 +231,7 @@ def _preview(state, splits: Splits, config: Config, mesh, path: Path, epoch: int
         loaded, splits.arrays.images[idx], config.train.eval_batch_size, tta=False, mesh=mesh
     )
     if jax.process_index() == 0:
-        viz.save_preview(splits.arrays.images[idx], splits.arrays.masks[idx, ..., 0], probs, path)
+        viz.save_preview(splits.arrays.images[idx], splits.arrays.masks[idx], probs, path)
 
 
 def fit(

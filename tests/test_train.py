@@ -254,11 +254,11 @@ def test_unet_valid_trains_and_previews_whole_images(demo_dir, tmp_path):
 
     config = replace(
         make_tiny_config(demo_dir, epochs=1),
-        data={"image_size": (44, 44)},
+        data={"image_size": (44, 52)},
         model={"arch": "unet-valid"},
     )
     row = train.fit(config, tmp_path / "run", progress=False)
     assert np.isfinite(row["val_loss"]) and 0 <= row["val_dice"] <= 1
     preview = Image.open(tmp_path / "run/previews/epoch_001.png")
-    # Three 44x44 tiles per row (2 px gaps), a 14 px header, preview_count = 2 rows.
-    assert preview.size == (3 * 46, 14 + 2 * 46)
+    # Three 44x52 tiles per row (2 px gaps), a 14 px header, preview_count = 2 rows.
+    assert preview.size == (3 * 54, 14 + 2 * 46)
