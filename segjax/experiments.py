@@ -43,10 +43,11 @@ BASE = [
 EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     "baseline": ("UNet, RGB, BatchNorm, basic aug, BCE+Dice, cosine", []),
     "grayscale": ("grayscale input", ["--grayscale"]),
-    # Valid convolutions lose 88 px per side at depth 3: a larger input for a ~132x100 output.
+    # Valid convolutions lose 44 px per side at depth 3, restored by mirror padding (overlap
+    # tile): the network computes on about 216x184 to cover the 128x96 image.
     "unet-valid": (
-        "2015 UNet, valid convolutions, depth 3, input 220x188",
-        ["--arch", "unet-valid", "--depth", "3", "--image-size", "220x188"],
+        "2015 UNet, valid convolutions + overlap tile, depth 3",
+        ["--arch", "unet-valid", "--depth", "3"],
     ),
     "no-bn": ("no BatchNorm", ["--no-batch-norm"]),
     "dropout": ("dropout 0.3 in every block", ["--dropout", "0.3"]),

@@ -14,7 +14,7 @@ from PIL import Image
 
 from segjax import augment, checkpoint, data, parallel
 from segjax.config import Config, load_config
-from segjax.models import create_model, valid_input_size
+from segjax.models import create_model
 
 
 class Loaded(NamedTuple):
@@ -46,19 +46,12 @@ def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
     return Loaded(config, {"params": state.params, "batch_stats": state.batch_stats}, step, run_dir)
 
 
-def _probs(variables, images_u8, *, model, mean, std, pad, tta: bool) -> jax.Array:
+def _probs(variables, images_u8, *, model, mean, std, tta: bool) -> jax.Array:
     """Sigmoid probabilities [B, H, W] at the input's size; flip TTA averages probabilities."""
-    h, w = images_u8.shape[1:3]
     images = augment.normalize(images_u8.astype(jnp.float32) / 255.0, mean, std)
-    if pad is not None:  # unet-valid: mirror-pad so the smaller output covers the whole image
-        (top, bottom), (left, right) = pad
-        images = jnp.pad(images, ((0, 0), (top, bottom), (left, right), (0, 0)), mode="reflect")
 
     def forward(x):
-        logits = model.apply(variables, x, train=False)[..., 0]
-        oh, ow = logits.shape[1:3]
-        top, left = (oh - h) // 2, (ow - w) // 2
-        return jax.nn.sigmoid(logits[:, top : top + h, left : left + w])
+        return jax.nn.sigmoid(model.apply(variables, x, train=False)[..., 0])
 
     probs = forward(images)
     if tta:
@@ -72,17 +65,11 @@ def create_predict_fn(config: Config, mesh, tta: bool):
 
     Cached on (config, mesh, tta), so the training previews compile it once per run.
     """
-    h, w = config.data.image_size
-    pad = None
-    if config.model.arch == "unet-valid":
-        need = valid_input_size(config.model, h, w)
-        pad = tuple(((n - s) // 2, n - s - (n - s) // 2) for n, s in zip(need, (h, w), strict=True))
     fn = functools.partial(
         _probs,
         model=create_model(config.model),
         mean=config.data.mean,
         std=config.data.std,
-        pad=pad,
         tta=tta,
     )
     rep, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)

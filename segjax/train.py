@@ -29,8 +29,7 @@ from segjax import (
     writer,
 )
 from segjax.config import Config, TrainConfig, save_config
-from segjax.models import create_model, output_size
-from segjax.models.layers import center_crop
+from segjax.models import create_model
 from segjax.synthetic import cache_root
 
 
@@ -101,7 +100,6 @@ def create_train_state(config: Config, rng: jax.Array, steps_per_epoch: int) -> 
     """Initialise parameters (under jit: faster) from the config and a key."""
     model = create_model(config.model)
     h, w = config.data.image_size
-    output_size(config.model, h, w)  # unet-valid: a clear error when the input is too small
     sample = jnp.zeros((1, h, w, config.data.channels), jnp.float32)
     variables = jax.jit(lambda key: model.init({"params": key}, sample, train=False))(rng)
     tx = create_optimizer(config.train, steps_per_epoch)
@@ -117,11 +115,6 @@ def create_train_state(config: Config, rng: jax.Array, steps_per_epoch: int) -> 
 # ---------------------------------------------------------------------------- steps
 
 
-def crop_like(masks_BxHxW: jax.Array, logits_BxHxWx1: jax.Array) -> jax.Array:
-    """Masks cut to the logits' size (only unet-valid's logits are smaller)."""
-    return center_crop(masks_BxHxW[..., None], *logits_BxHxWx1.shape[1:3])[..., 0]
-
-
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_fn, level, mean, std):
     """One update on an augmented batch; randomness from fold_in(rng, step): resumable."""
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
@@ -132,7 +125,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_fn, level
         logits, updates = state.apply_fn(
             variables, images, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
         )
-        return loss_fn(logits, crop_like(masks, logits)), updates
+        return loss_fn(logits, masks), updates
 
     (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
@@ -148,7 +141,7 @@ def predict_logits(state: TrainState, images_u8: jax.Array, *, mean, std) -> jax
 def eval_step(state: TrainState, batch: dict, *, loss_fn, mean, std) -> dict[str, jax.Array]:
     """Per-image loss and confusion counts (threshold 0.5) on an unaugmented batch."""
     logits = predict_logits(state, batch["image"], mean=mean, std=std)
-    masks = crop_like(batch["mask"].astype(jnp.float32), logits)
+    masks = batch["mask"].astype(jnp.float32)
     per_image = jax.vmap(lambda x, y: loss_fn(x[None], y[None]))(logits, masks)
     return {"loss": per_image, "counts": metrics.confusion_counts(logits[..., 0] > 0, masks)}
 

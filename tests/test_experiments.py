@@ -46,4 +46,4 @@ def test_every_experiment_command_parses_into_a_config():
         assert config.data.test_fraction == 0.1 and config.data.val_fraction == 0.1
     valid = experiments.train_command("unet-valid")[2:]
     config = cli.train_config(cli.train_parser().parse_args(valid))
-    assert config.model.arch == "unet-valid" and config.data.image_size == (220, 188)
+    assert config.model.arch == "unet-valid" and config.model.depth == 3

@@ -13,8 +13,9 @@ from jax.test_util import check_grads
 
 from segjax import losses
 from segjax.config import ModelConfig
-from segjax.models import ARCHS, create_model, output_size
+from segjax.models import ARCHS, create_model
 from segjax.models.layers import UpConv
+from segjax.models.unet import UNet, valid_input_length, valid_output_length
 
 TINY = dict(features=4, depth=2)
 
@@ -36,25 +37,49 @@ def init(config: ModelConfig, shape, dtype=jnp.float32):
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_every_arch_any_size_jit_equals_eager(arch):
-    sizes = [(44, 60), (50, 46)] if arch == "unet-valid" else [(20, 28), (30, 18)]
+    sizes = [(20, 28), (30, 18)]
     counts = []
     for h, w in sizes:  # one non-square, one not a multiple of 2**depth
         config = tiny(arch)
         model, variables, x = init(config, (2, h, w, 3))
         eager = model.apply(variables, x, train=False)
         jitted = jax.jit(functools.partial(model.apply, train=False))(variables, x)
-        assert eager.shape == (2, *output_size(config, h, w), 1)
+        assert eager.shape == (2, h, w, 1)  # unet-valid too: overlap-tile mirror padding
         assert eager.dtype == jnp.float32
         np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
         counts.append(n_params(variables))
     assert counts[0] == counts[1]
-    if arch != "unet-valid":
-        assert output_size(tiny(arch), 30, 18) == (30, 18)
 
 
-def test_unet_valid_output_is_smaller_and_matches_the_paper():
-    assert output_size(ModelConfig(arch="unet-valid", depth=4), 572, 572) == (388, 388)
-    assert output_size(tiny("unet-valid"), 44, 60) == (4, 20)
+def test_valid_unet_output_is_smaller_and_matches_the_paper():
+    assert valid_output_length(572, depth=4, convs=2) == 388
+    assert valid_output_length(44, depth=2, convs=2) == 4
+    assert valid_input_length(388, depth=4, convs=2) == 572
+    paper = UNet(features=4, depth=2, padding="VALID")  # no overlap tile: the bare 2015 network
+    x = jax.random.normal(jax.random.key(0), (1, 44, 60, 3))
+    assert paper.apply(paper.init(jax.random.key(1), x, train=False), x, train=False).shape == (
+        1,
+        4,
+        20,
+        1,
+    )
+
+
+def test_unet_valid_overlap_tile_is_the_bare_network_on_the_mirror_padded_image():
+    config = tiny("unet-valid")
+    model, variables, x = init(config, (2, 20, 28, 3))
+    bare = UNet(features=4, depth=2, padding="VALID")
+    need = [valid_input_length(n, 2, 2) for n in (20, 28)]
+    pads = [((n - s) // 2, n - s - (n - s) // 2) for n, s in zip(need, (20, 28), strict=True)]
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode="reflect")
+    out = bare.apply(variables, padded, train=False)
+    top, left = (out.shape[1] - 20) // 2, (out.shape[2] - 28) // 2
+    np.testing.assert_allclose(
+        model.apply(variables, x, train=False),
+        out[:, top : top + 20, left : left + 28],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_classic_2015_unet_has_31_030_593_parameters():
@@ -102,7 +127,7 @@ def test_upconv_equals_transposed_convolution_with_the_same_weights():
 def test_gradients_match_finite_differences_in_float64(arch):
     with jax.enable_x64(True):
         config = tiny(arch, features=2, dtype="float64")
-        shape = (2, 44, 44, 3) if arch == "unet-valid" else (2, 8, 8, 3)
+        shape = (2, 8, 8, 3)
         model, variables, x = init(config, shape, jnp.float64)
 
         def f(params):
@@ -119,10 +144,8 @@ def test_gradients_match_finite_differences_in_float64(arch):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_every_parameter_receives_a_gradient_from_bce_dice(arch):
     config = tiny(arch, deep_supervision=arch == "unetpp")
-    shape = (4, 44, 44, 3) if arch == "unet-valid" else (4, 16, 16, 3)
-    model, variables, x = init(config, shape)
-    out_h, out_w = output_size(config, *shape[1:3])
-    masks = (jax.random.uniform(jax.random.key(5), (4, out_h, out_w)) > 0.5).astype(jnp.float32)
+    model, variables, x = init(config, (4, 16, 16, 3))
+    masks = (jax.random.uniform(jax.random.key(5), (4, 16, 16)) > 0.5).astype(jnp.float32)
 
     def loss(params):
         logits, _ = model.apply(

@@ -249,7 +249,7 @@ def test_init_from_starts_from_another_runs_best_weights(tmp_path, tiny_config):
 
 
 def test_unet_valid_trains_and_previews_whole_images(demo_dir, tmp_path):
-    """Training compares the centre crop; the preview mirror-pads, as submit does."""
+    """Overlap-tile: training, validation and the preview all cover the whole image."""
     from tests.conftest import make_tiny_config
 
     config = replace(

@@ -27,11 +27,40 @@ def pad_to_multiple(x_BxHxWxC: jax.Array, multiple: int) -> tuple[jax.Array, tup
     return padded, (top, left)
 
 
+def valid_output_length(length: int, depth: int, convs: int) -> int:
+    """The 2015 UNet's output length for an input length (each valid 3x3 conv loses 2)."""
+    shrink = 2 * convs
+    for _ in range(depth):
+        length = (length - shrink) // 2
+    length -= shrink
+    for _ in range(depth):
+        length = 2 * length - shrink
+    return length
+
+
+def valid_input_length(length: int, depth: int, convs: int) -> int:
+    """The smallest input length whose valid-padded output covers `length` pixels."""
+    need = length
+    while valid_output_length(need, depth, convs) < length:
+        need += 1
+    return need
+
+
+def mirror_pad(x_BxHxWxC: jax.Array, height: int, width: int) -> jax.Array:
+    """Reflect-pad height and width (around the centre) up to height x width."""
+    ph, pw = height - x_BxHxWxC.shape[1], width - x_BxHxWxC.shape[2]
+    pads = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+    return jnp.pad(x_BxHxWxC, pads, mode="reflect")
+
+
 class UNet(nn.Module):
     """Encoder-decoder with skips. NHWC in, one logit channel out (float32).
 
-    `padding="VALID"` is the 2015 paper's network: the output is smaller than the input
-    (see `segjax.models.output_size`); every other variant returns the input's size.
+    `padding="VALID"` is the 2015 paper's network: its output is smaller than its input
+    (`valid_output_length`). With `overlap_tile` (the `unet-valid` arch) the input is first
+    mirror-padded, as in the paper's overlap-tile strategy, so that the logits cover the whole
+    input: training, validation and prediction then all see every pixel with the same padding.
+    Every other variant returns the input's size directly.
     """
 
     features: int = 32
@@ -45,6 +74,7 @@ class UNet(nn.Module):
     upsample: str = "transpose"
     residual: bool = False
     attention: bool = False
+    overlap_tile: bool = False
     dtype: jnp.dtype = jnp.float32
 
     def block(self, level: int, name: str) -> ConvBlock:
@@ -57,6 +87,9 @@ class UNet(nn.Module):
         x = x_BxHxWxC.astype(self.dtype)
         if same:
             x, (top, left) = pad_to_multiple(x, 2**self.depth)
+        elif self.overlap_tile:
+            need = (valid_input_length(n, self.depth, self.convs) for n in (h, w))
+            x = mirror_pad(x, *need)
         skips = []
         for level in range(self.depth):
             x = self.block(level, f"down{level}")(x, train=train)
@@ -85,9 +118,11 @@ class UNet(nn.Module):
             param_dtype=param_dtype(self.dtype),
             name="head",
         )(x)
-        return logits[:, top : top + h, left : left + w] if same else logits
+        if same:
+            return logits[:, top : top + h, left : left + w]
+        return center_crop(logits, h, w) if self.overlap_tile else logits
 
 
-UNetValid = functools.partial(UNet, padding="VALID")
+UNetValid = functools.partial(UNet, padding="VALID", overlap_tile=True)
 AttentionUNet = functools.partial(UNet, attention=True)
 ResUNet = functools.partial(UNet, residual=True)
