@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 from segjax import losses
 from segjax.config import ModelConfig
 from segjax.models import ARCHS, create_model
-from segjax.models.layers import UpConv
+from segjax.models.layers import UpConv, max_pool_2x2
 from segjax.models.unet import UNet, valid_input_length, valid_output_length
 
 TINY = dict(features=4, depth=2)
@@ -186,3 +186,12 @@ def test_dropout_only_in_training_and_batchnorm_modes():
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown arch 'vnet'; choose one of"):
         create_model(ModelConfig(arch="vnet"))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])
+def test_max_pool_2x2_equals_flax_max_pool_with_its_gradient(shape):
+    x = jax.random.normal(jax.random.key(0), shape)  # no ties: the gradients must agree exactly
+    flax_pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
+    grad = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
+    np.testing.assert_allclose(grad(max_pool_2x2), grad(flax_pool), rtol=1e-6)

@@ -28,6 +28,19 @@ def center_crop(x_BxHxWxC: jax.Array, height: int, width: int) -> jax.Array:
     return x_BxHxWxC[:, top : top + height, left : left + width]
 
 
+def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 (an odd last row or column is dropped, as VALID pooling).
+
+    The same values as `nn.max_pool(x, (2, 2), strides=(2, 2))`, written as a reshape and a max:
+    its gradient is an elementwise mask, where XLA:CPU turns `nn.max_pool`'s select-and-scatter
+    gradient into a scatter that took twice as long. Tied maxima share the gradient (with ReLU
+    before the pooling, ties are zeros, whose gradient ReLU discards).
+    """
+    b, h, w, c = x_BxHxWxC.shape
+    x = x_BxHxWxC[:, : h - h % 2, : w - w % 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 def depth_to_space(x_BxHxWx4C: jax.Array) -> jax.Array:
     """[B, H, W, 2*2*C] -> [B, 2H, 2W, C], channel index (a, b, c) going to pixel (2i+a, 2j+b)."""
     b, h, w, c4 = x_BxHxWx4C.shape

@@ -14,6 +14,7 @@ from segjax.models.layers import (
     ConvBlock,
     center_crop,
     level_block,
+    max_pool_2x2,
     param_dtype,
 )
 
@@ -94,7 +95,7 @@ class UNet(nn.Module):
         for level in range(self.depth):
             x = self.block(level, f"down{level}")(x, train=train)
             skips.append(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
         x = self.block(self.depth, "bottleneck")(x, train=train)
         for level in reversed(range(self.depth)):
             x = UPSAMPLERS[self.upsample](self.features * 2**level, self.dtype, name=f"up{level}")(

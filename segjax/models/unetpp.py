@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import UPSAMPLERS, ConvBlock, level_block, param_dtype
+from segjax.models.layers import UPSAMPLERS, ConvBlock, level_block, max_pool_2x2, param_dtype
 from segjax.models.unet import pad_to_multiple
 
 
@@ -39,7 +39,7 @@ class UNetPlusPlus(nn.Module):
         nodes: list[list[jax.Array]] = []
         for i in range(self.depth + 1):
             if i > 0:
-                x = nn.max_pool(nodes[i - 1][0], (2, 2), strides=(2, 2))
+                x = max_pool_2x2(nodes[i - 1][0])
             nodes.append([self.block(i, f"x{i}_0")(x, train=train)])
         # Fill the columns left to right: X[i][j] needs X[i+1][j-1] from the previous column.
         for j in range(1, self.depth + 1):
