@@ -32,6 +32,8 @@ def main() -> None:
         for name in names:
             experiments.run(name, args.data_dir, args.runs_root)
     if args.table:
+        kept = experiments.keep_best_previews(args.runs_root)
+        print(f"kept {', '.join(kept) or 'no previews'} of the best run")
         Path(args.table).write_text(experiments.table(args.runs_root, args.data_dir))
         print(f"wrote {args.table}")
 

@@ -47,3 +47,41 @@ def test_every_experiment_command_parses_into_a_config():
     valid = experiments.train_command("unet-valid")[2:]
     config = cli.train_config(cli.train_parser().parse_args(valid))
     assert config.model.arch == "unet-valid" and config.model.depth == 3
+
+
+def test_findings_call_differences_within_the_seed_spread_noise(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "ROOT", tmp_path)
+    results = tmp_path / experiments.RESULTS
+    for name, dice in [("baseline", 0.90), ("baseline-seed1", 0.905), ("aug-none", 0.92)]:
+        fake_run(results, name, dice)
+    fake_run(results, "grayscale", 0.903)  # inside the 0.005 spread
+    fake_run(results, "unet-valid", 0.93)  # the course project found valid convolutions worse
+    text = "\n".join(experiments.findings())
+    assert "Run-to-run spread (baseline with seeds 0 and 1): 0.0050" in text
+    assert "| grayscale | baseline | +0.0030 |" in text and "| within noise |" in text
+    assert "| aug-none | baseline | +0.0200 |" in text and "| agrees |" in text
+    assert "| unet-valid | baseline | +0.0300 |" in text and "| **contradicts** |" in text
+    assert "| resunet | baseline | not run |" in text
+
+
+def test_best_run_previews_are_kept_and_linked(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "ROOT", tmp_path)
+    results = tmp_path / experiments.RESULTS
+    fake_run(results, "baseline", 0.80)
+    fake_run(results, "attn", 0.85)
+    (results / "baseline" / "worst_test.png").write_bytes(b"old best")
+    run = tmp_path / "runs" / "attn"
+    (run / "previews").mkdir(parents=True)
+    rows = [
+        {"epoch": 1, "val_dice": 0.7},
+        {"epoch": 2, "val_dice": 0.9},
+        {"epoch": 3, "val_dice": 0.8},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for epoch in (1, 2, 3):
+        (run / f"previews/epoch_{epoch:03d}.png").write_bytes(f"epoch {epoch}".encode())
+    (run / "worst_test.png").write_bytes(b"worst")
+    assert experiments.keep_best_previews("runs") == ["preview_best_epoch.png", "worst_test.png"]
+    assert (results / "attn" / "preview_best_epoch.png").read_bytes() == b"epoch 2"
+    assert not (results / "baseline" / "worst_test.png").exists()
+    assert "](experiments/attn/worst_test.png)" in experiments.table("runs")
