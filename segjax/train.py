@@ -214,8 +214,7 @@ def evaluate(steps: Steps, state, arrays: data.Arrays, indices, batch_size: int,
 def _preview(state, splits: Splits, config: Config, mesh, path: Path, epoch: int) -> None:
     """Every process predicts (the computation spans all devices); process 0 draws.
 
-    The same prediction function as `scripts/submit.py` (no TTA), so a `unet-valid` preview
-    covers the whole image through its mirror padding.
+    Predicts with the function `scripts/submit.py` uses (compiled once per run), without TTA.
     """
     idx = splits.val[: config.train.preview_count]
     variables = {"params": state.params, "batch_stats": state.batch_stats}
