@@ -262,3 +262,31 @@ def test_unet_valid_trains_and_previews_whole_images(demo_dir, tmp_path):
     preview = Image.open(tmp_path / "run/previews/epoch_001.png")
     # Three 44x52 tiles per row (2 px gaps), a 14 px header, preview_count = 2 rows.
     assert preview.size == (3 * 54, 14 + 2 * 46)
+
+
+def test_training_traces_each_step_function_once(demo_dir, tmp_path):
+    """Three epochs with validation and previews: no step is traced (so compiled) again."""
+    import collections
+
+    import jax.monitoring
+
+    from tests.conftest import make_tiny_config
+
+    traced = collections.Counter()
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            traced[kwargs.get("fun_name")] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        train.fit(make_tiny_config(demo_dir, epochs=3), tmp_path / "run", progress=False)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(writer.read_metrics(tmp_path / "run" / "metrics.jsonl")) == 3
+    assert (tmp_path / "run" / "previews" / "epoch_003.png").exists()
+    assert {name: traced[name] for name in ("train_step", "eval_step", "_probs")} == {
+        "train_step": 1,
+        "eval_step": 1,
+        "_probs": 1,
+    }
