@@ -269,12 +269,22 @@ def findings() -> list[str]:
             continue
         delta = ours - theirs
         if noise is not None and abs(delta) <= noise:
-            verdict = "within noise"
+            verdict = "within noise" if direction == 0 else "not confirmed (within noise)"
         elif direction == 0:
             verdict = "better here" if delta > 0 else "worse here"
         else:
             verdict = "agrees" if delta * direction > 0 else "**contradicts**"
         lines.append(f"| {name} | {reference} | {delta:+.4f} | {course} | {verdict} |")
+    plateau = ROOT / RESULTS / "schedule-plateau" / "metrics.jsonl"
+    if plateau.exists():
+        rates = {json.loads(x)["lr"] for x in plateau.read_text().splitlines() if x}
+        if len(rates) == 1:
+            lines += [
+                "",
+                "schedule-plateau never lowered its rate: validation loss never went "
+                "`--plateau-patience` (3) epochs without improving, so it repeats "
+                "schedule-constant exactly.",
+            ]
     tuned = [_read(ROOT / RESULTS / n) for n in EXPERIMENTS]
     gains = [
         r["report"]["results"][f"tta={'on' if r['tuned'].get('tta') else 'off'} postprocess=on"][

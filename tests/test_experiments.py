@@ -58,7 +58,7 @@ def test_findings_call_differences_within_the_seed_spread_noise(tmp_path, monkey
     fake_run(results, "unet-valid", 0.93)  # the course project found valid convolutions worse
     text = "\n".join(experiments.findings())
     assert "Run-to-run spread (baseline with seeds 0 and 1): 0.0050" in text
-    assert "| grayscale | baseline | +0.0030 |" in text and "| within noise |" in text
+    assert "| grayscale | baseline | +0.0030 | grayscale" in text and "| within noise |" in text
     assert "| aug-none | baseline | +0.0200 |" in text and "| agrees |" in text
     assert "| unet-valid | baseline | +0.0300 |" in text and "| **contradicts** |" in text
     assert "| resunet | baseline | not run |" in text
@@ -85,3 +85,13 @@ def test_best_run_previews_are_kept_and_linked(tmp_path, monkeypatch):
     assert (results / "attn" / "preview_best_epoch.png").read_bytes() == b"epoch 2"
     assert not (results / "baseline" / "worst_test.png").exists()
     assert "](experiments/attn/worst_test.png)" in experiments.table("runs")
+
+
+def test_a_claimed_difference_inside_the_noise_is_not_confirmed(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "ROOT", tmp_path)
+    results = tmp_path / experiments.RESULTS
+    for name, dice in [("baseline", 0.90), ("baseline-seed1", 0.905), ("resunet", 0.902)]:
+        fake_run(results, name, dice)
+    text = "\n".join(experiments.findings())
+    assert "| resunet | baseline | +0.0020 |" in text
+    assert "| not confirmed (within noise) |" in text
