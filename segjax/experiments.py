@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from segjax import writer
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/ccp_person"
 # CPU-friendly settings: about 10 minutes a run on 2 cores. 80/10/10 split as in the course.
@@ -77,7 +79,7 @@ def train_command(
 ) -> list[str]:
     """The experiment's command line (argparse keeps the last of a repeated flag)."""
     if name == FINETUNE[0]:
-        best = best_experiment(runs_root)
+        best = best_experiment()
         flags = [
             *EXPERIMENTS[best][1],
             "--loss",
@@ -116,7 +118,7 @@ def run(name: str, data_dir: str = DATA, runs_root: str = "runs/experiments") ->
         print(f"{name}: done already (results in {RESULTS}/{name})")
         return
     if name == FINETUNE[0]:  # fine-tuning needs the best run's checkpoint, here
-        best = best_experiment(runs_root)
+        best = best_experiment()
         if not (ROOT / runs_root / best / "checkpoints").exists():
             subprocess.run(
                 [sys.executable, *train_command(best, data_dir, runs_root)[1:]],
@@ -155,7 +157,7 @@ def keep_results(run_dir: Path, name: str) -> None:
 
 def keep_best_previews(runs_root: str = "runs/experiments") -> list[str]:
     """Keep the best experiment's images (from its run folder) and drop any other run's."""
-    best = best_experiment(runs_root)
+    best = best_experiment()
     for name in EXPERIMENTS:
         if name != best:
             for file in PREVIEWS:
@@ -166,7 +168,7 @@ def keep_best_previews(runs_root: str = "runs/experiments") -> list[str]:
 
 def keep_previews(run_dir: Path, name: str) -> list[str]:
     """Copy a run's images (best epoch's validation preview, worst held-out cases, curves)."""
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    rows = writer.read_metrics(run_dir / "metrics.jsonl")
     best = max(rows, key=lambda r: r["val_dice"])["epoch"]
     sources = (run_dir / f"previews/epoch_{best:03d}.png", *(run_dir / f for f in PREVIEWS[1:]))
     kept = []
@@ -178,30 +180,31 @@ def keep_previews(run_dir: Path, name: str) -> list[str]:
 
 
 def _read(run_dir: Path) -> dict | None:
+    """A finished run's held-out scores: raw, with its tuned TTA + post-processing, and timing."""
     path = run_dir / "evaluation_test.json"
     if not path.exists():
         return None
-    report = json.loads(path.read_text())
-    timing = [json.loads(x) for x in (run_dir / "timing.jsonl").read_text().splitlines() if x]
+    results = json.loads(path.read_text())["results"]
     tuned = (
         json.loads((run_dir / "tuned.json").read_text())
         if (run_dir / "tuned.json").exists()
         else {}
     )
+    timing = writer.read_metrics(run_dir / "timing.jsonl")
     return {
-        "report": report,
+        "raw": results["tta=off postprocess=off"],
+        "tuned_dice": results[f"tta={'on' if tuned.get('tta') else 'off'} postprocess=on"]["dice"],
         "epochs": len(timing),
         "minutes": sum(t["train_seconds"] for t in timing) / 60,
-        "tuned": tuned,
     }
 
 
 def _raw_dice(name: str) -> float | None:
     row = _read(ROOT / RESULTS / name)
-    return row["report"]["results"]["tta=off postprocess=off"]["dice"] if row else None
+    return row["raw"]["dice"] if row else None
 
 
-def best_experiment(runs_root: str = "runs/experiments") -> str:
+def best_experiment() -> str:
     """The finished experiment with the best held-out mean Dice (raw predictions)."""
     scores = {name: _raw_dice(name) for name in EXPERIMENTS}
     scores = {name: dice for name, dice in scores.items() if dice is not None}
@@ -275,25 +278,16 @@ def findings() -> list[str]:
         else:
             verdict = "agrees" if delta * direction > 0 else "**contradicts**"
         lines.append(f"| {name} | {reference} | {delta:+.4f} | {course} | {verdict} |")
-    plateau = ROOT / RESULTS / "schedule-plateau" / "metrics.jsonl"
-    if plateau.exists():
-        rates = {json.loads(x)["lr"] for x in plateau.read_text().splitlines() if x}
-        if len(rates) == 1:
-            lines += [
-                "",
-                "schedule-plateau never lowered its rate: validation loss never went "
-                "`--plateau-patience` (3) epochs without improving, so it repeats "
-                "schedule-constant exactly.",
-            ]
-    tuned = [_read(ROOT / RESULTS / n) for n in EXPERIMENTS]
-    gains = [
-        r["report"]["results"][f"tta={'on' if r['tuned'].get('tta') else 'off'} postprocess=on"][
-            "dice"
+    plateau = writer.read_metrics(ROOT / RESULTS / "schedule-plateau" / "metrics.jsonl")
+    if plateau and len({row["lr"] for row in plateau}) == 1:
+        lines += [
+            "",
+            "schedule-plateau never lowered its rate: validation loss never went "
+            "`--plateau-patience` (3) epochs without improving, so it repeats "
+            "schedule-constant exactly.",
         ]
-        - r["report"]["results"]["tta=off postprocess=off"]["dice"]
-        for r in tuned
-        if r
-    ]
+    finished = [_read(ROOT / RESULTS / n) for n in EXPERIMENTS]
+    gains = [r["tuned_dice"] - r["raw"]["dice"] for r in finished if r]
     lines += [
         "",
         f"Tuned flip TTA and post-processing changed held-out mean Dice by {min(gains):+.4f} to "
@@ -345,21 +339,17 @@ def table(runs_root: str = "runs/experiments", data_dir: str = DATA) -> str:
         if row is None:
             lines.append(f"| {name} | {what} | not run | | | | |")
             continue
-        results = row["report"]["results"]
-        raw = results["tta=off postprocess=off"]
-        key = f"tta={'on' if row['tuned'].get('tta') else 'off'} postprocess=on"
+        raw = row["raw"]
         lines.append(
             f"| {name} | {what} | {raw['dice']:.4f} | {raw['global_dice']:.4f} | "
-            f"{results[key]['dice']:.4f} | {row['epochs']} | {row['minutes']:.1f} |"
+            f"{row['tuned_dice']:.4f} | {row['epochs']} | {row['minutes']:.1f} |"
         )
-    best = best_experiment(runs_root) if any(_raw_dice(n) for n in EXPERIMENTS) else None
+    best = best_experiment() if any(_raw_dice(n) for n in EXPERIMENTS) else None
     if best:
-        row = _read(ROOT / RESULTS / best)
-        raw = row["report"]["results"]["tta=off postprocess=off"]
         lines += [
             "",
             f"Best configuration: **{best}** ({EXPERIMENTS[best][0]}), held-out mean Dice "
-            f"{raw['dice']:.4f} raw.",
+            f"{_raw_dice(best):.4f} raw.",
             "",
             *best_previews(best),
         ]

@@ -47,12 +47,24 @@ def _resize(array: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((size[1], size[0]), resample))
 
 
+def _example_id(example: dict, index: int) -> str:
+    """The example's file name (the submission id), else its index."""
+    name = example.get("file_name", f"{index:06d}")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _example_mask(example: dict, dataset: str) -> np.ndarray:
+    """The example's segmentation mask as uint8 0/1 at its original size."""
+    mask = np.asarray(example["segmentation_mask"])
+    foreground = FOREGROUND.get(dataset, lambda m: m > 0)
+    return foreground(mask.reshape(mask.shape[:2])).astype(np.uint8)
+
+
 def load_tfds(name: str, split: str, size, grayscale: bool, labelled: bool = True) -> data.Arrays:
     """Decode a TFDS split to the same arrays as the folder layout (ids = file names)."""
     source = _tfds_source(name, split)
     if len(source) == 0:
         raise data.DataError(f"{TFDS_PREFIX}{name} split {split!r} is empty")
-    foreground = FOREGROUND.get(name, lambda m: m > 0)
     ids, images, masks, sizes = [], [], [], []
     for index in range(len(source)):
         example = source[index]
@@ -63,12 +75,9 @@ def load_tfds(name: str, split: str, size, grayscale: bool, labelled: bool = Tru
         resized = np.asarray(picture.resize((size[1], size[0]), Image.Resampling.BILINEAR))
         images.append(resized[..., None] if grayscale else resized)
         sizes.append(image.shape[:2])
-        name_ = example.get("file_name", f"{index:06d}")
-        ids.append(name_.decode() if isinstance(name_, bytes) else str(name_))
+        ids.append(_example_id(example, index))
         if labelled:
-            mask = np.asarray(example["segmentation_mask"])
-            mask = foreground(mask.reshape(mask.shape[:2])).astype(np.uint8)
-            masks.append(_resize(mask, size, Image.Resampling.NEAREST))
+            masks.append(_resize(_example_mask(example, name), size, Image.Resampling.NEAREST))
     return data.Arrays(
         tuple(ids),
         np.stack(images),
@@ -113,16 +122,13 @@ def original_masks(config: DataConfig, ids) -> list[np.ndarray]:
     if is_tfds(config):
         name = config.data_dir[len(TFDS_PREFIX) :]
         source = _tfds_source(name, TFDS_SPLITS["train"])
-        foreground = FOREGROUND.get(name, lambda m: m > 0)
-        by_id = {}
+        wanted, by_id = set(ids), {}
         for index in range(len(source)):
             example = source[index]
-            key = example.get("file_name", f"{index:06d}")
-            key = key.decode() if isinstance(key, bytes) else str(key)
-            if key in ids:
+            key = _example_id(example, index)
+            if key in wanted:
                 image_hw = np.asarray(example["image"]).shape[:2]
-                mask = np.asarray(example["segmentation_mask"])
-                mask = foreground(mask.reshape(mask.shape[:2])).astype(np.uint8)
+                mask = _example_mask(example, name)
                 by_id[key] = _resize(mask, image_hw, Image.Resampling.NEAREST)
         return [by_id[i] for i in ids]
     samples = {s.id: s for s in data.discover(data_root(config)).train}

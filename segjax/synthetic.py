@@ -160,14 +160,9 @@ def generate(
     return root
 
 
-def cache_root() -> Path:
-    """Where segjax keeps the demo data and decoded-array caches ($SEGJAX_CACHE)."""
-    return runtime.cache_dir()
-
-
 def demo_data_dir(n_train: int = 320, n_test: int = 64, seed: int = 0) -> Path:
     """The demo dataset's folder, generated on first use."""
-    root = cache_root() / f"demo-s{seed}-{n_train}-{n_test}"
+    root = runtime.cache_dir() / f"demo-s{seed}-{n_train}-{n_test}"
     if not root.exists():
         root.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):  # another process finished it first

@@ -24,13 +24,13 @@ from segjax import (
     metrics,
     parallel,
     predict,
+    runtime,
     sources,
     viz,
     writer,
 )
 from segjax.config import Config, TrainConfig, save_config
 from segjax.models import create_model
-from segjax.synthetic import cache_root
 
 
 class TrainState(train_state.TrainState):
@@ -178,8 +178,8 @@ def load_splits(config: Config) -> tuple[Config, Splits]:
             f"({config.train.batch_size}); lower --batch-size"
         )
     if d.normalize == "dataset":  # computed once, then kept in config.json
-        stats = (d.mean, d.std) if d.mean else data.channel_stats(arrays.images[parts["train"]])
-        mean, std = stats
+        train_images = arrays.images[parts["train"]]
+        mean, std = (d.mean, d.std) if d.mean else data.channel_stats(train_images)
     elif d.normalize == "imagenet":
         mean, std = augment.IMAGENET_MEAN[: d.channels], augment.IMAGENET_STD[: d.channels]
     elif d.normalize == "none":
@@ -211,18 +211,19 @@ def evaluate(steps: Steps, state, arrays: data.Arrays, indices, batch_size: int,
 # ---------------------------------------------------------------------------- the loop
 
 
-def _preview(state, splits: Splits, config: Config, mesh, path: Path, epoch: int) -> None:
+def _preview(state, splits: Splits, config: Config, mesh, run_dir: Path, epoch: int) -> None:
     """Every process predicts (the computation spans all devices); process 0 draws.
 
     Predicts with the function `scripts/submit.py` uses (compiled once per run), without TTA.
     """
     idx = splits.val[: config.train.preview_count]
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    loaded = predict.Loaded(config, variables, epoch, path.parents[1])
+    loaded = predict.Loaded(config, variables, epoch, run_dir)
     probs = predict.predict_all(
         loaded, splits.arrays.images[idx], config.train.eval_batch_size, tta=False, mesh=mesh
     )
     if jax.process_index() == 0:
+        path = run_dir / f"previews/epoch_{epoch:03d}.png"
         viz.save_preview(splits.arrays.images[idx], splits.arrays.masks[idx], probs, path)
 
 
@@ -309,8 +310,7 @@ def fit(
             record.update(epoch=epoch + 1, position=[epoch + 1, 0])
             meta = {**record, "metrics": row, "config": config.to_dict()}
             checkpoint.save(manager, epoch + 1, state, meta)
-            preview_path = run_dir / f"previews/epoch_{epoch + 1:03d}.png"
-            _preview(state, splits, config, mesh, preview_path, epoch + 1)
+            _preview(state, splits, config, mesh, run_dir, epoch + 1)
             if lead:
                 rows.append(row)
                 _log_epoch(run_dir, rows, seconds, images)
@@ -400,4 +400,4 @@ def _report(row: dict, record: dict, seconds: float) -> None:
 
 
 def default_cache_dir() -> str:
-    return str(cache_root() / "arrays")
+    return str(runtime.cache_dir() / "arrays")

@@ -27,7 +27,7 @@ def test_table_reads_run_folders_and_marks_missing_runs(tmp_path, monkeypatch):
     text = experiments.table("runs")
     assert "| baseline | UNet, RGB" in text and "| 0.8000 | 0.8000 | 0.8100 | 2 | 2.5 |" in text
     assert "| grayscale | grayscale input | not run |" in text
-    assert experiments.best_experiment("runs") == "attn"
+    assert experiments.best_experiment() == "attn"
     finetune = experiments.train_command(experiments.FINETUNE[0], runs_root="runs")
     assert finetune[-6:] == [
         "--warmup-epochs",
