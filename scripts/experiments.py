@@ -26,9 +26,11 @@ def main() -> None:
         for name in experiments.EXPERIMENTS:
             print(" ".join(experiments.train_command(name, args.data_dir, args.runs_root)))
     if args.run:
-        names = (
-            [*experiments.EXPERIMENTS, experiments.FINETUNE[0]] if args.run == ["all"] else args.run
-        )
+        known = [*experiments.EXPERIMENTS, experiments.FINETUNE[0]]
+        names = known if args.run == ["all"] else args.run
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            parser.error(f"unknown experiment {', '.join(unknown)}; see --list")
         for name in names:
             experiments.run(name, args.data_dir, args.runs_root)
     if args.table:

@@ -95,3 +95,19 @@ def test_a_claimed_difference_inside_the_noise_is_not_confirmed(tmp_path, monkey
     text = "\n".join(experiments.findings())
     assert "| resunet | baseline | +0.0020 |" in text
     assert "| not confirmed (within noise) |" in text
+
+
+def test_an_unknown_experiment_name_is_a_clear_error():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "experiments.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--run", "baseline", "no-such-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "unknown experiment no-such-run; see --list" in done.stderr
