@@ -1,10 +1,15 @@
-"""The UNet train step of segjax in PyTorch, for a side-by-side speed check (not part of CI).
+"""segjax's train steps in PyTorch, for a side-by-side speed check (not part of CI).
 
-Same network as `segjax.models.UNet` (3x3 conv without bias + BatchNorm + ReLU twice per block,
-2x2 max-pool, 2x2 stride-2 transposed-conv upsampling, 1x1 head), same step (Adam, BCE + soft
-Dice), NHWC memory (channels_last). Needs `pip install torch==2.13.0`. Prints one JSON line.
+`--model unet` is segjax's scratch UNet (3x3 conv without bias + BatchNorm + ReLU twice per
+block, 2x2 max-pool, 2x2 stride-2 transposed-conv upsampling, 1x1 head). `--model lite0` is a
+UNet on the EfficientNet-Lite0 of the `efficientnet-lite-pytorch` package (skips: the last
+output at each stride) with an SMP-like decoder (nearest upsampling, two conv-BN-ReLU per
+stage, 256-128-64-32-16 channels): segjax's `--encoder efficientnet-lite0 --features 16
+--upsample nearest`. Same step (Adam, BCE + soft Dice), NHWC memory (channels_last). Needs
+`pip install torch==2.13.0` (and `efficientnet-lite-pytorch` for lite0). Prints one JSON line.
 
     python benchmarks/pytorch_reference.py --compile --image-size 256 --features 32 --batch-size 8
+    python benchmarks/pytorch_reference.py --model lite0 --image-size 192x128 --batch-size 8
 """
 
 from __future__ import annotations
@@ -58,6 +63,38 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+class Lite0UNet(nn.Module):
+    """EfficientNet-Lite0 encoder (random init: the speed is the same) + SMP-like decoder."""
+
+    def __init__(self, decoder=(256, 128, 64, 32, 16)):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.encoder = EfficientNet.from_name("efficientnet-lite0")
+        skips = [16, 24, 40, 112]  # channels at strides 2, 4, 8, 16; 320 at stride 32
+        ins = [320, *decoder[:-1]]
+        extra = [*reversed(skips), 0]
+        self.blocks = nn.ModuleList(
+            [block(i + e, o) for i, e, o in zip(ins, extra, decoder, strict=True)]
+        )
+        self.head = nn.Conv2d(decoder[-1], 1, 1)
+
+    def forward(self, x):
+        enc = self.encoder
+        x = enc._swish(enc._bn0(enc._conv_stem(x)))
+        skips = []
+        for b in enc._blocks:
+            if b._block_args.stride == 2 or b._block_args.stride == [2]:
+                skips.append(x)
+            x = b(x)
+        for blk in self.blocks:
+            x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+            if skips:
+                x = torch.cat([skips.pop(), x], dim=1)
+            x = blk(x)
+        return self.head(x)
+
+
 def loss_fn(logits, masks):
     bce = nn.functional.binary_cross_entropy_with_logits(logits, masks)
     p = torch.sigmoid(logits).flatten(1)
@@ -69,18 +106,21 @@ def loss_fn(logits, masks):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--model", choices=["unet", "lite0"], default="unet")
+    parser.add_argument("--image-size", default="256", help="N or HxW")
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="torch.compile the step")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = UNet(args.features).to(memory_format=torch.channels_last)
+    model = UNet(args.features) if args.model == "unet" else Lite0UNet()
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    b, s = args.batch_size, args.image_size
-    x = torch.randn(b, 3, s, s).contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(b, 1, s, s) > 0.5).float()
+    b = args.batch_size
+    h, w = (int(v) for v in (args.image_size.split("x") * 2)[:2])
+    x = torch.randn(b, 3, h, w).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(b, 1, h, w) > 0.5).float()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -102,6 +142,7 @@ def main() -> None:
         json.dumps(
             {
                 "framework": f"torch {torch.__version__}",
+                "model": args.model,
                 "compile": args.compile,
                 "threads": torch.get_num_threads(),
                 "step_ms": median * 1e3,

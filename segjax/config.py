@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from segjax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -18,7 +20,9 @@ class DataConfig:
     test_fraction: float = 0.0  # share held out as a local test split (never trained on)
     split_seed: int = 0  # seed of the train/val/test split (independent of the training seed)
     cache_dir: str = ""  # where decoded arrays are cached as .npy ("" = no cache)
-    normalize: str = "dataset"  # "dataset" (mean/std of training images), "imagenet" or "none"
+    # "auto" (imagenet for a pretrained encoder, else dataset), "dataset" (mean/std of the
+    # training images), "imagenet" or "none"
+    normalize: str = "auto"
     mean: tuple[float, ...] = ()  # per-channel mean in [0, 1], filled in from the training images
     std: tuple[float, ...] = ()  # per-channel std in [0, 1], filled in from the training images
 
@@ -29,9 +33,15 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "unet"  # a key of segjax.models.ARCHS
-    features: int = 32  # channels of the first level, doubled at every level down
-    depth: int = 4  # number of 2x2 poolings
+    arch: str = "unet"  # the decoder: a key of segjax.models.ARCHS
+    encoder: str = "scratch"  # a key of segjax.models.ENCODERS
+    encoder_weights: str = "imagenet"  # pretrained encoders: "imagenet", "none" or a file path
+    encoder_bn: str = (
+        "train"  # pretrained encoders' BatchNorm: "train" or "frozen" (ImageNet stats)
+    )
+    encoder_source: str = ""  # filled in when a run starts: the weights file read, its sha256
+    features: int = 32  # channels at full resolution, doubled at every level down
+    depth: int = 4  # number of 2x2 poolings of the scratch encoder (pretrained encoders: 5)
     batch_norm: bool = True  # BatchNorm after every convolution
     dropout: float = 0.0  # dropout rate at the end of a block
     dropout_deep_only: bool = False  # dropout only in the two deepest levels (encoder and decoder)
@@ -70,6 +80,8 @@ class TrainConfig:
     precision: str = "fp32"  # "fp32" or "bf16" (sets ModelConfig.dtype)
     preview_count: int = 8  # validation images drawn in previews/epoch_NNN.png
     init_from: str = ""  # start from this run folder's best weights (fine-tuning), "" = fresh
+    freeze_encoder_epochs: int = 0  # pretrained encoder frozen (its updates zeroed) this long
+    encoder_lr_mult: float = 1.0  # the encoder's learning rate as a fraction of --lr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +142,7 @@ def load_config(path: str | os.PathLike) -> Config:
     try:
         return Config.from_dict(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a segjax config ({err})") from err
+        raise UserError(f"{path}: not a segjax config ({err})") from err
 
 
 def parse_size(text: str) -> tuple[int, int]:

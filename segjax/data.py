@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,12 +17,23 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segjax.errors import UserError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
+# What operating systems and notebooks leave in folders: skipped without a word.
+JUNK = {".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints", "__MACOSX"}
 CACHE_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what ImageNet-pretrained encoders were trained on
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with the user's data: the message names the file and the fault."""
+
+
+class DataWarning(UserWarning):
+    """Something in the user's data that segjax skipped: the message names it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +63,17 @@ class Arrays(NamedTuple):
 
 
 def _list_images(folder: Path) -> dict[str, Path]:
-    """Image files of a folder keyed by stem; two files with one stem are an error."""
+    """Image files of a folder keyed by stem; two files with one stem are an error.
+
+    System files (`JUNK`) are skipped silently; any other non-image entry is named in one warning.
+    """
     by_stem: dict[str, Path] = {}
+    others = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.name in JUNK or path.name.startswith("._"):
+            continue
+        if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            others.append(path.name + ("/" if path.is_dir() else ""))
             continue
         if path.stem in by_stem:
             raise DataError(
@@ -61,6 +81,13 @@ def _list_images(folder: Path) -> dict[str, Path]:
                 f"{path.name}); keep one of them"
             )
         by_stem[path.stem] = path
+    if others:
+        shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+        warnings.warn(
+            f"{folder}: skipped {len(others)} entries that are not images: {shown}",
+            DataWarning,
+            stacklevel=3,
+        )
     return by_stem
 
 
@@ -77,19 +104,32 @@ def _pair(image_dir: Path, mask_dir: Path) -> tuple[Sample, ...]:
         f"{masks[s]}: mask without an image in {image_dir}" for s in masks if s not in images
     ]
     if problems:
-        raise DataError("unpaired files:\n  " + "\n  ".join(problems))
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        raise DataError(f"{len(problems)} unpaired files: {shown}")
     return tuple(Sample(images[s].name, images[s], masks[s]) for s in sorted(images))
 
 
 def _submission_ids(root: Path) -> tuple[Path, list[str]] | None:
+    """The ids (column headed 'id') of sample_submission.csv or test.csv, in their order."""
     for name in ("sample_submission.csv", "test.csv"):
         path = root / name
         if path.is_file():
             with path.open(newline="") as f:
                 rows = list(csv.reader(f))
-            if not rows or not rows[0] or rows[0][0].strip().lower() != "id":
-                raise DataError(f"{path}: the first column must be headed 'id'")
-            return path, [row[0].strip() for row in rows[1:] if row]
+            header = [h.strip().lower() for h in rows[0]] if rows else []
+            if "id" not in header:
+                shown = ",".join(rows[0]) if rows else "none"
+                raise DataError(f"{path}: no column headed 'id' (header: {shown})")
+            column = header.index("id")
+            ids = [row[column].strip() for row in rows[1:] if len(row) > column]
+            repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+            if repeated:
+                raise DataError(
+                    f"{path}: repeated ids {', '.join(repeated[:10])}: each test image once, please"
+                )
+            return path, ids
     return None
 
 
@@ -109,8 +149,6 @@ def _test_samples(root: Path) -> tuple[Sample, ...]:
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise DataError(f"{csv_path}: {len(missing)} ids have no file in {test_dir}: {shown}")
-    if len(set(ids)) != len(ids):
-        raise DataError(f"{csv_path}: repeated ids")
     return tuple(Sample(i, files[i]) for i in ids)
 
 
@@ -159,12 +197,16 @@ def read_image(path: Path, grayscale: bool = False) -> Image.Image:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """uint8 {0, 1} [H, W]: person = channel 0 > 0 (palette masks: palette index > 0)."""
+    """uint8 {0, 1} [H, W]: person = channel 0 > 0 (palette masks: palette index > 0).
+
+    JPEG masks are lossy (a 0/255 edge comes back as 0..255): person = channel 0 > 127.
+    """
     mask = _to_8bit(_open(path))
     array = np.asarray(mask)
     if array.ndim == 3:
         array = array[..., 0]
-    return (array > 0).astype(np.uint8)
+    cut = 127 if path.suffix.lower() in JPEG_EXTENSIONS else 0
+    return (array > cut).astype(np.uint8)
 
 
 def _load_one(sample: Sample, size: tuple[int, int], grayscale: bool):
@@ -260,7 +302,9 @@ def split(
 ) -> dict[str, np.ndarray]:
     """Deterministic seeded split of range(n) into sorted 'train', 'val' and 'test' indices."""
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError("val and test fractions must be in [0, 1) and sum to less than 1")
+        raise DataError(
+            "--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1"
+        )
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * val_fraction)) if val_fraction else 0
     n_test = int(round(n * test_fraction)) if test_fraction else 0

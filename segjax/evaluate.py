@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from segjax import metrics, postprocess, predict, sources, tune, viz
+from segjax.errors import UserError
 from segjax.postprocess import PostProcess
 
 
@@ -33,15 +34,16 @@ def evaluate_run(
 
     Writes <out_dir>/evaluation_<split>.json and <out_dir>/worst_<split>.png (default: the run).
     """
-    from segjax.train import load_splits
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
     loaded = predict.load_run(run_dir, which)
-    config, splits = load_splits(loaded.config)
+    config, splits = sources.load_splits(loaded.config)
     indices = {"val": splits.val, "test": splits.test}[split]
     if not len(indices):
-        raise ValueError(f"the run has no {split!r} split (train with --test-fraction for 'test')")
+        raise UserError(
+            f"{run_dir}: the run has no {split!r} split (train with --test-fraction for 'test')"
+        )
     truths = sources.original_masks(config.data, [splits.arrays.ids[i] for i in indices])
     sizes = [t.shape for t in truths]
     tuned = tune.load_tuned(run_dir)
@@ -102,12 +104,12 @@ def format_report(report: dict) -> str:
     """A small fixed-width table of the four settings."""
     lines = [
         f"{report['split']} split, {report['images']} images, checkpoint {report['checkpoint']}",
-        f"{'setting':32s} {'Dice':>7s} {'gDice':>7s} {'IoU':>7s} {'prec':>7s} {'recall':>7s} "
+        f"{'setting':32s} {'mDice':>7s} {'gDice':>7s} {'gIoU':>7s} {'prec':>7s} {'recall':>7s} "
         f"{'acc':>7s}",
     ]
     for key, r in report["results"].items():
         lines.append(
-            f"{key:32s} {r['dice']:7.4f} {r['global_dice']:7.4f} {r['iou']:7.4f} "
+            f"{key:32s} {r['mean_dice']:7.4f} {r['global_dice']:7.4f} {r['global_iou']:7.4f} "
             f"{r['precision']:7.4f} {r['recall']:7.4f} {r['accuracy']:7.4f}"
         )
     return "\n".join(lines)

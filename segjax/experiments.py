@@ -169,7 +169,7 @@ def keep_best_previews(runs_root: str = "runs/experiments") -> list[str]:
 def keep_previews(run_dir: Path, name: str) -> list[str]:
     """Copy a run's images (best epoch's validation preview, worst held-out cases, curves)."""
     rows = writer.read_metrics(run_dir / "metrics.jsonl")
-    best = max(rows, key=lambda r: r["val_dice"])["epoch"]
+    best = max(rows, key=lambda r: r["val_mean_dice"])["epoch"]
     sources = (run_dir / f"previews/epoch_{best:03d}.png", *(run_dir / f for f in PREVIEWS[1:]))
     kept = []
     for source, file in zip(sources, PREVIEWS, strict=True):
@@ -193,7 +193,9 @@ def _read(run_dir: Path) -> dict | None:
     timing = writer.read_metrics(run_dir / "timing.jsonl")
     return {
         "raw": results["tta=off postprocess=off"],
-        "tuned_dice": results[f"tta={'on' if tuned.get('tta') else 'off'} postprocess=on"]["dice"],
+        "tuned_dice": results[f"tta={'on' if tuned.get('tta') else 'off'} postprocess=on"][
+            "mean_dice"
+        ],
         "epochs": len(timing),
         "minutes": sum(t["train_seconds"] for t in timing) / 60,
     }
@@ -201,7 +203,7 @@ def _read(run_dir: Path) -> dict | None:
 
 def _raw_dice(name: str) -> float | None:
     row = _read(ROOT / RESULTS / name)
-    return row["raw"]["dice"] if row else None
+    return row["raw"]["mean_dice"] if row else None
 
 
 def best_experiment() -> str:
@@ -287,7 +289,7 @@ def findings() -> list[str]:
             "schedule-constant exactly.",
         ]
     finished = [_read(ROOT / RESULTS / n) for n in EXPERIMENTS]
-    gains = [r["tuned_dice"] - r["raw"]["dice"] for r in finished if r]
+    gains = [r["tuned_dice"] - r["raw"]["mean_dice"] for r in finished if r]
     lines += [
         "",
         f"Tuned flip TTA and post-processing changed held-out mean Dice by {min(gains):+.4f} to "
@@ -341,7 +343,7 @@ def table(runs_root: str = "runs/experiments", data_dir: str = DATA) -> str:
             continue
         raw = row["raw"]
         lines.append(
-            f"| {name} | {what} | {raw['dice']:.4f} | {raw['global_dice']:.4f} | "
+            f"| {name} | {what} | {raw['mean_dice']:.4f} | {raw['global_dice']:.4f} | "
             f"{row['tuned_dice']:.4f} | {row['epochs']} | {row['minutes']:.1f} |"
         )
     best = best_experiment() if any(_raw_dice(n) for n in EXPERIMENTS) else None

@@ -28,16 +28,37 @@ def per_image_dice(counts_Nx4: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
 
 
+def per_image_iou(counts_Nx4: np.ndarray) -> np.ndarray:
+    """IoU (Jaccard) of each image; both empty scores 1."""
+    tp, fp, fn = (counts_Nx4[:, i].astype(np.float64) for i in range(3))
+    denominator = tp + fp + fn
+    return np.where(denominator > 0, tp / np.maximum(denominator, 1), 1.0)
+
+
 def summarize(counts_Nx4: np.ndarray) -> dict[str, float]:
-    """Per-image mean Dice (the leaderboard's); global Dice, IoU, precision, recall, accuracy."""
+    """Scores named by how they average.
+
+    `mean_*`: the mean over images of each image's score (the leaderboard's mean Dice).
+    `global_*`, precision, recall, accuracy: one ratio of the counts summed over all pixels.
+    """
     counts_Nx4 = np.asarray(counts_Nx4, dtype=np.int64).reshape(-1, 4)
     tp, fp, fn, tn = (float(v) for v in counts_Nx4.sum(axis=0))
     ratio = lambda a, b: a / b if b > 0 else 1.0
+    mean = lambda per_image: float(per_image.mean()) if len(counts_Nx4) else float("nan")
     return {
-        "dice": float(per_image_dice(counts_Nx4).mean()) if len(counts_Nx4) else float("nan"),
+        "mean_dice": mean(per_image_dice(counts_Nx4)),
         "global_dice": ratio(2 * tp, 2 * tp + fp + fn),
-        "iou": ratio(tp, tp + fp + fn),
+        "mean_iou": mean(per_image_iou(counts_Nx4)),
+        "global_iou": ratio(tp, tp + fp + fn),
         "precision": ratio(tp, tp + fp),
         "recall": ratio(tp, tp + fn),
         "accuracy": ratio(tp + tn, tp + fp + fn + tn),
     }
+
+
+def to_mask(probs: jax.Array | np.ndarray, threshold: float = 0.5):
+    """The one rule from probabilities to a mask: person where probability >= threshold.
+
+    Used by training's validation metrics, tuning, evaluation, previews and the submission.
+    """
+    return probs >= threshold

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from segjax.errors import UserError
 
 DATA_AXIS = "data"
 
@@ -25,30 +29,33 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, what: str = "--batch-size") -> None:
     devices = jax.device_count()
     if batch_size % devices:
-        raise ValueError(
+        raise UserError(
             f"{what} {batch_size} does not split over {devices} devices: "
             f"use a multiple of {devices}"
         )
 
 
-def local_slice(global_batch: int) -> slice:
-    """This process's rows of a global batch (every process computes the same global indices)."""
-    per_process = global_batch // jax.process_count()
-    start = jax.process_index() * per_process
-    return slice(start, start + per_process)
+def gather_batch(sources: dict[str, Any], indices: np.ndarray, mesh: Mesh) -> dict[str, jax.Array]:
+    """The global batch `{k: sources[k][indices]}`, sharded on the data axis.
 
-
-def shard_batch(
-    batch: dict[str, np.ndarray], mesh: Mesh, global_batch: int
-) -> dict[str, jax.Array]:
-    """Host arrays (this process's rows) -> global arrays sharded on the data axis."""
+    Each process reads only the rows its own devices hold, as the sharding's index map says
+    (`jax.make_array_from_callback`), so no block order across hosts is assumed.
+    """
     sharding = data_sharded(mesh)
-    if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, v, (global_batch, *v.shape[1:]))
-        for k, v in batch.items()
-    }
+    indices = np.asarray(indices)
+
+    def build(source) -> jax.Array:
+        shape = (len(indices), *source.shape[1:])
+        return jax.make_array_from_callback(
+            shape, sharding, lambda index: np.asarray(source[indices[index[0]]])
+        )
+
+    return {k: build(v) for k, v in sources.items()}
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """A whole host batch (the same on every process) -> global arrays sharded on the data axis."""
+    return gather_batch(batch, np.arange(len(next(iter(batch.values())))), mesh)
 
 
 def gather(x: jax.Array) -> np.ndarray:

@@ -7,6 +7,8 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
+from segjax import metrics
+
 
 @dataclasses.dataclass(frozen=True)
 class PostProcess:
@@ -63,5 +65,5 @@ def clean(mask: np.ndarray, params: PostProcess) -> np.ndarray:
 
 def apply(prob: np.ndarray, params: PostProcess, postprocess: bool = True) -> np.ndarray:
     """Probability map -> bool mask: threshold, then (optionally) morphology."""
-    mask = np.asarray(prob) >= params.threshold
+    mask = metrics.to_mask(np.asarray(prob), params.threshold)
     return clean(mask, params) if postprocess and params.active else mask

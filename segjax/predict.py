@@ -14,6 +14,7 @@ from PIL import Image
 
 from segjax import augment, checkpoint, data, parallel
 from segjax.config import Config, load_config
+from segjax.errors import UserError
 from segjax.models import create_model
 
 
@@ -30,7 +31,7 @@ def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir}: no config.json (not a segjax run folder)")
+        raise UserError(f"{run_dir}: no config.json (not a segjax run folder); check --run-dir")
     config = load_config(run_dir / "config.json")
     manager = checkpoint.create_manager(run_dir / "checkpoints", read_only=True)
     try:
@@ -46,16 +47,26 @@ def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
     return Loaded(config, {"params": state.params, "batch_stats": state.batch_stats}, step, run_dir)
 
 
-def _probs(variables, images_u8, *, model, mean, std, tta: bool) -> jax.Array:
-    """Sigmoid probabilities [B, H, W] at the input's size; flip TTA averages probabilities."""
+def logits(apply_fn, variables, images_u8: jax.Array, mean, std) -> jax.Array:
+    """float32 logits [B, H, W, 1] of uint8 images [B, H, W, C], in evaluation mode."""
     images = augment.normalize(images_u8.astype(jnp.float32) / 255.0, mean, std)
+    return apply_fn(variables, images, train=False).astype(jnp.float32)
 
-    def forward(x):
-        return jax.nn.sigmoid(model.apply(variables, x, train=False)[..., 0])
 
-    probs = forward(images)
+def probabilities(apply_fn, variables, images_u8: jax.Array, mean, std) -> jax.Array:
+    """float32 person probabilities [B, H, W] of uint8 images [B, H, W, C].
+
+    Training's validation, previews, tuning, evaluation and the submission all start here.
+    """
+    return jax.nn.sigmoid(logits(apply_fn, variables, images_u8, mean, std)[..., 0])
+
+
+def _probs(variables, images_u8, *, model, mean, std, tta: bool) -> jax.Array:
+    """Probabilities [B, H, W] at the input's size; flip TTA averages probabilities."""
+    probs = probabilities(model.apply, variables, images_u8, mean, std)
     if tta:
-        probs = 0.5 * (probs + forward(images[:, :, ::-1])[:, :, ::-1])
+        flipped = probabilities(model.apply, variables, images_u8[:, :, ::-1], mean, std)
+        probs = 0.5 * (probs + flipped[:, :, ::-1])
     return probs
 
 
@@ -83,10 +94,9 @@ def iterate_probs(
     mesh = mesh or parallel.create_mesh()
     parallel.check_batch_size(batch_size)
     fn = create_predict_fn(loaded.config, mesh, tta)
-    rows = parallel.local_slice(batch_size)
     pending = None  # dispatch batch i + 1 before handing out batch i: the caller's work overlaps
     for idx, valid in data.eval_batches(len(images_u8), batch_size):
-        batch = parallel.shard_batch({"image": np.asarray(images_u8[idx])[rows]}, mesh, batch_size)
+        batch = parallel.gather_batch({"image": images_u8}, idx, mesh)
         probs = fn(loaded.variables, batch["image"])
         if pending is not None:
             yield pending[0], parallel.gather(pending[2])[pending[1]]

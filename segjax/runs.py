@@ -1,15 +1,43 @@
-"""Run folders: naming, finding the newest, and the train-then-tune job behind scripts/train.py."""
+"""Run folders: naming, finding the newest, claiming one for a run, and what a resume may change."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 from segjax.config import Config, load_config
+from segjax.errors import UserError
 
 RUNS_ROOT = Path("runs")
+# Everything segjax writes into a run folder (--overwrite removes these and nothing else).
+RUN_FILES = (
+    "config.json",
+    "config.json.tmp",
+    "metrics.jsonl",
+    "metrics.jsonl.tmp",
+    "timing.jsonl",
+    "checkpoints",
+    "previews",
+    "curves.png",
+    "tuned.json",
+    "tuned.json.tmp",
+    "submission.csv",
+    "evaluation_val.json",
+    "evaluation_test.json",
+    "worst_val.png",
+    "worst_test.png",
+)
+# Settings a resume may change: they do not change the model, data, split, loss or optimizer.
+RESUMABLE = {
+    ("train", "epochs"),
+    ("train", "early_stop"),
+    ("train", "eval_batch_size"),
+    ("data", "cache_dir"),
+}
 
 
 def new_run_dir(root: str | os.PathLike, name: str | None, arch: str) -> Path:
@@ -27,49 +55,80 @@ def newest_run(root: str | os.PathLike = RUNS_ROOT) -> Path:
     root = Path(root)
     runs = [p.parent for p in root.glob("*/config.json")] if root.is_dir() else []
     if not runs:
-        raise FileNotFoundError(
+        raise UserError(
             f"no runs under {root.absolute()}: train one first (python scripts/train.py), "
             "or pass --run-dir"
         )
     return max(runs, key=lambda p: (p / "config.json").stat().st_mtime)
 
 
-def resume_config(run_dir: Path, **train_overrides) -> Config:
-    """The saved config of a run, with the few fields a resume may change (epochs, early stop)."""
-    config = load_config(run_dir / "config.json")
-    changes = {k: v for k, v in train_overrides.items() if v is not None}
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+def has_checkpoints(run_dir: Path) -> bool:
+    folder = run_dir / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
-def train_run(
-    config: Config,
-    run_dir: Path,
-    *,
-    resume: bool = False,
-    stop_at_epoch: int | None = None,
-    tune: bool = True,
-    progress: bool = True,
-) -> dict:
-    """Train (or resume) into run_dir, then tune threshold and post-processing on validation.
+def clear(run_dir: Path) -> list[str]:
+    """Remove every file segjax writes in a run folder (RUN_FILES) and nothing else."""
+    removed = []
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
-    Tuning waits until the run is over: its last epoch reached, or stopped early.
+
+def claim(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Check that a new run may use this folder: a folder with checkpoints needs a choice.
+
+    `overwrite` clears the folder first (and says what it removed); `resume` continues it.
     """
-    from segjax import train
-
-    row = train.fit(config, run_dir, resume=resume, stop_at_epoch=stop_at_epoch, progress=progress)
-    paused = bool(stop_at_epoch) and stop_at_epoch < config.train.epochs
-    if row and paused and row["epoch"] == stop_at_epoch:
-        print(f"stopped after epoch {stop_at_epoch}; continue with --resume", flush=True)
-    elif tune:
-        from segjax import tune as tuning
-
-        tuned = tuning.tune_run(run_dir)
-        pp = tuned["postprocess"]
-        print(
-            f"tuned on {tuned['val_images']} validation images (checkpoint {tuned['checkpoint']}): "
-            f"threshold {pp['threshold']}, opening {pp['open_radius']}, min area "
-            f"{pp['min_area']}, fill holes {pp['fill_holes']}, TTA {tuned['tta']}; mean Dice "
-            f"{tuned['dice_at_0.5']:.4f} at 0.5 -> {tuned['dice_tuned']:.4f}",
-            flush=True,
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite starts it again: pick one")
+    if overwrite:
+        removed = clear(run_dir) if run_dir.is_dir() else []
+        if removed:
+            print(f"--overwrite: removed {', '.join(removed)} from {run_dir}", flush=True)
+        return
+    if not resume and has_checkpoints(run_dir):
+        raise UserError(
+            f"{run_dir} already holds a trained run: add --resume to continue it, or "
+            "--overwrite to delete its files and train again (or choose another --name)"
         )
-    return row
+
+
+def resume_config(run_dir: Path, given: dict[tuple[str, str], tuple[str, Any]]) -> Config:
+    """The run's saved config with the settings a resume may change taken from the command line.
+
+    `given` maps (section, field) to (flag, resolved value) for the flags the user typed. A flag
+    whose value equals the saved one is fine (the original command with --resume appended
+    works); one that would change the model, data, split, loss or optimizer is an error.
+    """
+    if not (run_dir / "config.json").exists():
+        raise UserError(f"{run_dir}: no config.json, so nothing to resume; train without --resume")
+    config = load_config(run_dir / "config.json")
+    changes: dict[str, dict[str, Any]] = {}
+    refused = []
+    for (section, field), (flag, value) in given.items():
+        saved = getattr(getattr(config, section), field)
+        if (section, field) in RESUMABLE:
+            changes.setdefault(section, {})[field] = value
+        elif value != saved:
+            refused.append(f"{flag} {_show(value)} (the run has {_show(saved)})")
+    if refused:
+        raise UserError(
+            f"--resume continues {run_dir} with its own settings, and these flags would change "
+            f"them: {'; '.join(refused)}. Drop them, or start a new run with another --name"
+        )
+    sections = {k: dataclasses.replace(getattr(config, k), **v) for k, v in changes.items()}
+    return dataclasses.replace(config, **sections)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else str(value)
+    return str(value)

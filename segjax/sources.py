@@ -6,13 +6,15 @@ mask through `tfds.data_source` (random access, no TensorFlow needed; `pip insta
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from segjax import data
-from segjax.config import DataConfig
+from segjax.config import Config, DataConfig
 from segjax.synthetic import demo_data_dir
 
 TFDS_PREFIX = "tfds:"
@@ -133,3 +135,42 @@ def original_masks(config: DataConfig, ids) -> list[np.ndarray]:
         return [by_id[i] for i in ids]
     samples = {s.id: s for s in data.discover(data_root(config)).train}
     return [data.read_mask(samples[i].mask) for i in ids]
+
+
+class Splits(NamedTuple):
+    arrays: data.Arrays  # every labelled image, decoded at the training size
+    train: np.ndarray  # indices into arrays
+    val: np.ndarray
+    test: np.ndarray
+
+
+def normalization(config: Config, train_images: np.ndarray) -> tuple[tuple, tuple]:
+    """(mean, std) per channel in [0, 1] units, as `config.data.normalize` asks."""
+    d = config.data
+    if d.mean:  # computed once, then kept in config.json
+        return d.mean, d.std
+    mode = d.normalize
+    if mode == "auto":  # a pretrained encoder expects the statistics it was trained with
+        mode = "dataset" if config.model.encoder == "scratch" else "imagenet"
+    if mode == "dataset":
+        return data.channel_stats(train_images)
+    if mode == "imagenet":
+        if d.grayscale:
+            return (float(sum(data.IMAGENET_MEAN) / 3),), (float(sum(data.IMAGENET_STD) / 3),)
+        return data.IMAGENET_MEAN, data.IMAGENET_STD
+    return (), ()
+
+
+def load_splits(config: Config) -> tuple[Config, Splits]:
+    """Decode the labelled images, split them, and fill in the normalisation statistics."""
+    d = config.data
+    arrays = load_labelled(d)
+    parts = data.split(len(arrays.ids), d.split_seed, d.val_fraction, d.test_fraction)
+    if len(parts["train"]) < config.train.batch_size:
+        raise data.DataError(
+            f"{len(parts['train'])} training images: fewer than one batch "
+            f"({config.train.batch_size}); lower --batch-size"
+        )
+    mean, std = normalization(config, arrays.images[parts["train"]])
+    config = dataclasses.replace(config, data=dataclasses.replace(d, mean=mean, std=std))
+    return config, Splits(arrays, parts["train"], parts["val"], parts["test"])

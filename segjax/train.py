@@ -24,25 +24,20 @@ from segjax import (
     metrics,
     parallel,
     predict,
-    runtime,
+    pretrained,
+    runs,
     sources,
     viz,
     writer,
 )
 from segjax.config import Config, TrainConfig, save_config
-from segjax.models import create_model
+from segjax.errors import UserError
+from segjax.models import create_model, total_stride
 
 
 class TrainState(train_state.TrainState):
     batch_stats: Any
     plateau: Any  # optax reduce_on_plateau state; only moves with schedule "plateau"
-
-
-class Splits(NamedTuple):
-    arrays: data.Arrays  # every labelled image, decoded at the training size
-    train: np.ndarray  # indices into arrays
-    val: np.ndarray
-    test: np.ndarray
 
 
 # ---------------------------------------------------------------------------- optimisation
@@ -68,20 +63,48 @@ def create_plateau(config: TrainConfig) -> optax.GradientTransformationExtraArgs
 
 
 def create_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam or AdamW with the learning rate kept in the state (inject_hyperparams)."""
+    """Adam or AdamW with the learning rate kept in the state (inject_hyperparams).
+
+    The encoder's updates are scaled by `encoder_lr_mult` and zeroed for the first
+    `freeze_encoder_epochs`: a multiplier indexed by the step, so nothing recompiles when the
+    encoder thaws and Adam's moments keep accumulating meanwhile.
+    """
     schedule = create_schedule(config, steps_per_epoch)
     learning_rate = config.lr if config.schedule == "plateau" else schedule
     if config.optimizer == "adam":
-        return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
-    if config.optimizer == "adamw":
-        return optax.inject_hyperparams(optax.adamw)(
+        base = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+    elif config.optimizer == "adamw":
+        base = optax.inject_hyperparams(optax.adamw)(
             learning_rate=learning_rate, weight_decay=config.weight_decay
         )
-    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    if config.encoder_lr_mult == 1.0 and config.freeze_encoder_epochs == 0:
+        return base
+    frozen = config.freeze_encoder_epochs * steps_per_epoch
+    mult = config.encoder_lr_mult
+    encoder = optax.scale_by_schedule(lambda count: jnp.where(count < frozen, 0.0, mult))
+    labels = lambda params: {
+        name: jax.tree.map(lambda _, n=name: "encoder" if n == "encoder" else "decoder", tree)
+        for name, tree in params.items()
+    }
+    transforms = {"encoder": encoder, "decoder": optax.identity()}
+    return optax.chain(base, optax.multi_transform(transforms, labels))
+
+
+def _hyperparams(opt_state) -> dict:
+    """The injected hyperparameters (first in the chain when the encoder has its own scale)."""
+    return opt_state.hyperparams if hasattr(opt_state, "hyperparams") else opt_state[0].hyperparams
+
+
+def _with_learning_rate(opt_state, rate: jax.Array):
+    if hasattr(opt_state, "hyperparams"):
+        return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": rate})
+    return (_with_learning_rate(opt_state[0], rate), *opt_state[1:])
 
 
 def learning_rate(state: TrainState) -> float:
-    return float(state.opt_state.hyperparams["learning_rate"])
+    return float(_hyperparams(state.opt_state)["learning_rate"])
 
 
 def step_plateau(state: TrainState, config: TrainConfig, val_loss: float) -> TrainState:
@@ -91,17 +114,22 @@ def step_plateau(state: TrainState, config: TrainConfig, val_loss: float) -> Tra
     _, plateau = create_plateau(config).update(
         updates=jnp.zeros(()), state=state.plateau, value=jnp.asarray(val_loss)
     )
-    hyper = dict(state.opt_state.hyperparams)
-    hyper["learning_rate"] = jnp.asarray(config.lr * plateau.scale, jnp.float32)
-    return state.replace(plateau=plateau, opt_state=state.opt_state._replace(hyperparams=hyper))
+    rate = jnp.asarray(config.lr * plateau.scale, jnp.float32)
+    return state.replace(plateau=plateau, opt_state=_with_learning_rate(state.opt_state, rate))
 
 
-def create_train_state(config: Config, rng: jax.Array, steps_per_epoch: int) -> TrainState:
-    """Initialise parameters (under jit: faster) from the config and a key."""
+def init_variables(config: Config, rng: jax.Array) -> dict:
+    """The model's variables from the config and a key (under jit: faster)."""
     model = create_model(config.model)
     h, w = config.data.image_size
     sample = jnp.zeros((1, h, w, config.data.channels), jnp.float32)
-    variables = jax.jit(lambda key: model.init({"params": key}, sample, train=False))(rng)
+    return jax.jit(lambda key: model.init({"params": key}, sample, train=False))(rng)
+
+
+def create_train_state(config: Config, rng: jax.Array, steps_per_epoch: int) -> TrainState:
+    """A fresh train state: initialised variables, optimizer state, plateau tracker."""
+    model = create_model(config.model)
+    variables = init_variables(config, rng)
     tx = create_optimizer(config.train, steps_per_epoch)
     return TrainState.create(
         apply_fn=model.apply,
@@ -132,18 +160,18 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_fn, level
     return state, {"loss": loss}
 
 
-def predict_logits(state: TrainState, images_u8: jax.Array, *, mean, std) -> jax.Array:
-    images = augment.normalize(images_u8.astype(jnp.float32) / 255.0, mean, std)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return state.apply_fn(variables, images, train=False)
-
-
 def eval_step(state: TrainState, batch: dict, *, loss_fn, mean, std) -> dict[str, jax.Array]:
-    """Per-image loss and confusion counts (threshold 0.5) on an unaugmented batch."""
-    logits = predict_logits(state, batch["image"], mean=mean, std=std)
+    """Per-image loss and confusion counts on an unaugmented batch.
+
+    The mask is `metrics.to_mask` of `predict.probabilities` at 0.5: the rule that evaluation and
+    the submission apply, so validation Dice here equals `evaluate.py`'s at 0.5.
+    """
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = predict.logits(state.apply_fn, variables, batch["image"], mean, std)
     masks = batch["mask"].astype(jnp.float32)
     per_image = jax.vmap(lambda x, y: loss_fn(x[None], y[None]))(logits, masks)
-    return {"loss": per_image, "counts": metrics.confusion_counts(logits[..., 0] > 0, masks)}
+    pred = metrics.to_mask(jax.nn.sigmoid(logits[..., 0]))  # as predict.probabilities does
+    return {"loss": per_image, "counts": metrics.confusion_counts(pred, masks)}
 
 
 class Steps(NamedTuple):
@@ -167,40 +195,15 @@ def create_steps(config: Config, mesh) -> Steps:
 # ---------------------------------------------------------------------------- data
 
 
-def load_splits(config: Config) -> tuple[Config, Splits]:
-    """Decode the labelled images, split them, and fill in the normalisation statistics."""
-    d = config.data
-    arrays = sources.load_labelled(d)
-    parts = data.split(len(arrays.ids), d.split_seed, d.val_fraction, d.test_fraction)
-    if len(parts["train"]) < config.train.batch_size:
-        raise data.DataError(
-            f"{len(parts['train'])} training images: fewer than one batch "
-            f"({config.train.batch_size}); lower --batch-size"
-        )
-    if d.normalize == "dataset":  # computed once, then kept in config.json
-        train_images = arrays.images[parts["train"]]
-        mean, std = (d.mean, d.std) if d.mean else data.channel_stats(train_images)
-    elif d.normalize == "imagenet":
-        mean, std = augment.IMAGENET_MEAN[: d.channels], augment.IMAGENET_STD[: d.channels]
-    elif d.normalize == "none":
-        mean, std = (), ()
-    else:
-        raise ValueError(f"unknown normalisation {d.normalize!r}: dataset, imagenet or none")
-    config = dataclasses.replace(config, data=dataclasses.replace(d, mean=mean, std=std))
-    return config, Splits(arrays, parts["train"], parts["val"], parts["test"])
-
-
-def _host_batch(arrays: data.Arrays, idx: np.ndarray, rows: slice) -> dict[str, np.ndarray]:
-    idx = idx[rows]
-    return {"image": np.asarray(arrays.images[idx]), "mask": np.asarray(arrays.masks[idx])}
+def _labelled(arrays: data.Arrays) -> dict[str, np.ndarray]:
+    return {"image": arrays.images, "mask": arrays.masks}
 
 
 def evaluate(steps: Steps, state, arrays: data.Arrays, indices, batch_size: int, mesh) -> dict:
     """Mean loss and Dice, IoU, ... over `indices` (padding never scored)."""
     losses_, counts = [], []
-    rows = parallel.local_slice(batch_size)
     for idx, valid in data.eval_batches(len(indices), batch_size):
-        batch = parallel.shard_batch(_host_batch(arrays, indices[idx], rows), mesh, batch_size)
+        batch = parallel.gather_batch(_labelled(arrays), indices[idx], mesh)
         out = steps.eval(state, batch)
         losses_.append(parallel.gather(out["loss"])[valid])
         counts.append(parallel.gather(out["counts"])[valid])
@@ -211,7 +214,7 @@ def evaluate(steps: Steps, state, arrays: data.Arrays, indices, batch_size: int,
 # ---------------------------------------------------------------------------- the loop
 
 
-def _preview(state, splits: Splits, config: Config, mesh, run_dir: Path, epoch: int) -> None:
+def _preview(state, splits: sources.Splits, config: Config, mesh, run_dir: Path, epoch: int):
     """Every process predicts (the computation spans all devices); process 0 draws.
 
     Predicts with the function `scripts/submit.py` uses (compiled once per run), without TTA.
@@ -232,11 +235,13 @@ def fit(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stop_at_epoch: int | None = None,
     progress: bool = True,
 ):
     """Train (or resume) into run_dir; return the last metrics row.
 
+    A folder that holds checkpoints needs `resume` (continue) or `overwrite` (start again).
     `stop_at_epoch` ends this process's work after that epoch (the schedule still spans all
     `config.train.epochs`); a later `resume=True` call continues.
 
@@ -248,32 +253,40 @@ def fit(
     tc = config.train
     parallel.check_batch_size(tc.batch_size)
     parallel.check_batch_size(tc.eval_batch_size, "--eval-batch-size")
-    mesh = parallel.create_mesh()
+    check_image_size(config)
     lead = jax.process_index() == 0
-    config, splits = load_splits(config)
+    if lead:
+        runs.claim(run_dir, resume=resume, overwrite=overwrite)
+    mesh = parallel.create_mesh()
+    config, splits = sources.load_splits(config)
     if not len(splits.val):
         raise data.DataError("the validation split is empty: raise --val-fraction")
     spe = data.steps_per_epoch(len(splits.train), tc.batch_size)
-    if lead:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.json")
     steps = create_steps(config, mesh)
     rng = jax.random.key(tc.seed)
     state = jax.device_put(
         create_train_state(config, jax.random.fold_in(rng, 0), spe), parallel.replicated(mesh)
     )
-    if tc.init_from:
-        state = _init_from(state, tc.init_from, mesh)
     manager = checkpoint.create_manager(run_dir / "checkpoints")
     record = {"epoch": 0, "position": [0, 0], "best_dice": -1.0, "best_epoch": 0, "bad_epochs": 0}
     metrics_path = run_dir / "metrics.jsonl"
     rows: list[dict] = []
     if resume and manager.latest_step() is not None:
-        state, meta = checkpoint.restore(manager, manager.latest_step(), state)
+        state, meta, step, skipped = checkpoint.restore_newest_readable(manager, state)
+        for reason in skipped:
+            print(f"warning: {reason}; resuming from epoch {step}", flush=True)
         record = {k: meta[k] for k in record}
         rows = writer.trim_metrics(metrics_path, record["epoch"]) if lead else []
-    elif lead:
-        metrics_path.unlink(missing_ok=True)
+        _report_schedule_change(meta["config"]["train"], tc, int(state.step), spe)
+    else:
+        state, config = load_pretrained(state, config, mesh)
+        if tc.init_from:  # a resumed fine-tune reads its weights from its own checkpoint
+            state = _init_from(state, tc.init_from, mesh)
+        if lead:
+            metrics_path.unlink(missing_ok=True)
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.json")
     train_rng = jax.random.fold_in(rng, 1)
     last_row: dict[str, Any] = rows[-1] if rows else {}
     start_epoch, start_index = record["position"]
@@ -303,8 +316,8 @@ def fit(
                 **{f"val_{k}": v for k, v in val.items()},
             }
             state = step_plateau(state, tc, val["loss"])
-            if val["dice"] > record["best_dice"]:
-                record.update(best_dice=val["dice"], best_epoch=epoch + 1, bad_epochs=0)
+            if val["mean_dice"] > record["best_dice"]:
+                record.update(best_dice=val["mean_dice"], best_epoch=epoch + 1, bad_epochs=0)
             else:
                 record["bad_epochs"] += 1
             record.update(epoch=epoch + 1, position=[epoch + 1, 0])
@@ -317,9 +330,35 @@ def fit(
                 _report(row, record, seconds)
             last_row = row
     finally:
-        manager.wait_until_finished()
+        checkpoint.seal(manager)
         manager.close()
     return last_row
+
+
+def check_image_size(config: Config) -> None:
+    """The training size must be at least the model's total stride on each side."""
+    stride = total_stride(config.model)
+    h, w = config.data.image_size
+    if min(h, w) < stride:
+        raise UserError(
+            f"--image-size {h}x{w} is smaller than the model's total stride {stride} "
+            f"(2^depth{', 32 for a pretrained encoder' if stride == 32 else ''}): use at least "
+            f"{stride}x{stride}, or a smaller --depth"
+        )
+
+
+def _report_schedule_change(saved: dict, tc: TrainConfig, step: int, spe: int) -> None:
+    """One line when a resume changes the schedule's length (--epochs), so the rate moves."""
+    if saved["epochs"] == tc.epochs or tc.schedule in ("constant", "plateau"):
+        return
+    old = create_schedule(dataclasses.replace(tc, epochs=saved["epochs"]), spe)(step)
+    new = create_schedule(tc, spe)(step)
+    print(
+        f"resuming at step {step} with --epochs {tc.epochs} (was {saved['epochs']}): the "
+        f"{tc.schedule} schedule now spans {tc.epochs} epochs, so the learning rate continues "
+        f"at {float(new):.3g} instead of {float(old):.3g} and ends with epoch {tc.epochs}",
+        flush=True,
+    )
 
 
 def _train_epoch(steps, state, splits, tc, epoch, start_index, mesh, rng, manager, show):
@@ -334,14 +373,13 @@ def _train_epoch(steps, state, splits, tc, epoch, start_index, mesh, rng, manage
         leave=False,
         dynamic_ncols=True,
     )
-    rows = parallel.local_slice(tc.batch_size)
     step_losses = []
     tic = time.perf_counter()
     for index, idx in data.train_batches(
         len(splits.train), tc.batch_size, tc.seed, epoch, start_index
     ):
-        host = _host_batch(splits.arrays, splits.train[idx], rows)
-        state, out = steps.train(state, parallel.shard_batch(host, mesh, tc.batch_size), rng)
+        batch = parallel.gather_batch(_labelled(splits.arrays), splits.train[idx], mesh)
+        state, out = steps.train(state, batch, rng)
         step_losses.append(out["loss"])
         if index % 10 == 0 and len(step_losses) > 1:  # read one step late: no stall
             _check_finite(float(step_losses[-2]), epoch, index, manager)
@@ -365,12 +403,31 @@ def _log_epoch(run_dir: Path, rows: list[dict], seconds: float, images: int) -> 
     viz.save_curves(rows, run_dir / "curves.png")
 
 
+def load_pretrained(state: TrainState, config: Config, mesh) -> tuple[TrainState, Config]:
+    """Put the pretrained encoder's weights into a fresh state; record their source."""
+    m = config.model
+    if m.encoder == "scratch" or m.encoder_weights == "none":
+        return state, config
+    template = {
+        "params": state.params["encoder"],
+        "batch_stats": state.batch_stats["encoder"],
+    }
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
+    loaded, source = pretrained.load_encoder(m.encoder, m.encoder_weights, template)
+    loaded = jax.device_put(loaded, parallel.replicated(mesh))
+    state = state.replace(
+        params={**state.params, "encoder": loaded["params"]},
+        batch_stats={**state.batch_stats, "encoder": loaded["batch_stats"]},
+    )
+    return state, dataclasses.replace(config, model=dataclasses.replace(m, encoder_source=source))
+
+
 def _init_from(state: TrainState, run_dir: str, mesh) -> TrainState:
     """Fine-tuning: this run's weights and BatchNorm statistics from another run's best epoch."""
     source = predict.load_run(run_dir, "best", mesh)
     shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)
     if shapes(source.variables["params"]) != shapes(state.params):
-        raise ValueError(f"--init-from {run_dir}: its model differs from this run's (arch/options)")
+        raise UserError(f"--init-from {run_dir}: its model differs from this run's (arch/options)")
     return state.replace(
         params=source.variables["params"], batch_stats=source.variables["batch_stats"]
     )
@@ -393,11 +450,47 @@ def _report(row: dict, record: dict, seconds: float) -> None:
     best = " (best)" if record["best_epoch"] == row["epoch"] else ""
     print(
         f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-        f"val Dice {row['val_dice']:.4f}{best}  IoU {row['val_iou']:.4f}  lr {row['lr']:.2e}  "
-        f"{seconds:.1f}s",
+        f"val mean Dice {row['val_mean_dice']:.4f}{best}  mean IoU {row['val_mean_iou']:.4f}  "
+        f"lr {row['lr']:.2e}  {seconds:.1f}s",
         flush=True,
     )
 
 
-def default_cache_dir() -> str:
-    return str(runtime.cache_dir() / "arrays")
+def train_and_tune(
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_at_epoch: int | None = None,
+    tune: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Train (or resume) into run_dir, then tune threshold and post-processing on validation.
+
+    Tuning waits until the run is over: its last epoch reached, or stopped early.
+    """
+    row = fit(
+        config,
+        run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        stop_at_epoch=stop_at_epoch,
+        progress=progress,
+    )
+    paused = bool(stop_at_epoch) and stop_at_epoch < config.train.epochs
+    if row and paused and row["epoch"] == stop_at_epoch:
+        print(f"stopped after epoch {stop_at_epoch}; continue with --resume", flush=True)
+    elif tune:
+        from segjax import tune as tuning
+
+        tuned = tuning.tune_run(run_dir)
+        pp = tuned["postprocess"]
+        print(
+            f"tuned on {tuned['val_images']} validation images (checkpoint {tuned['checkpoint']}): "
+            f"threshold {pp['threshold']}, opening {pp['open_radius']}, min area "
+            f"{pp['min_area']}, fill holes {pp['fill_holes']}, TTA {tuned['tta']}; mean Dice "
+            f"{tuned['dice_at_0.5']:.4f} at 0.5 -> {tuned['dice_tuned']:.4f}",
+            flush=True,
+        )
+    return row

@@ -80,11 +80,10 @@ def load_tuned(run_dir: str | os.PathLike) -> tuple[PostProcess, bool] | None:
 
 def tune_run(run_dir: str | os.PathLike, which: str = "best") -> dict:
     """Predict the validation split (with and without flip TTA), search, write tuned.json."""
-    from segjax import predict
-    from segjax.train import load_splits
+    from segjax import predict, sources
 
     loaded = predict.load_run(run_dir, which)
-    config, splits = load_splits(loaded.config)
+    config, splits = sources.load_splits(loaded.config)
     images = splits.arrays.images[splits.val]
     masks = np.asarray(splits.arrays.masks[splits.val])
     best = None

@@ -81,7 +81,7 @@ def save_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
     ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_loss.legend()
-    ax_dice.plot(epochs, [r["val_dice"] for r in rows], label="mean Dice")
+    ax_dice.plot(epochs, [r["val_mean_dice"] for r in rows], label="mean Dice")
     ax_dice.plot(epochs, [r["val_global_dice"] for r in rows], label="global Dice")
     ax_dice.set(xlabel="epoch", ylabel="Dice", title="validation")
     ax_dice.legend()

@@ -10,6 +10,7 @@ import pytest
 
 from segjax import cli, runs
 from segjax.config import load_config, parse_size
+from segjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,12 +95,13 @@ def test_parse_size():
 def test_run_folders(tmp_path):
     first = runs.new_run_dir(tmp_path, None, "unet")
     assert first.parent == tmp_path and first.name.startswith("unet-")
-    with pytest.raises(FileNotFoundError, match="no runs under"):
+    with pytest.raises(UserError, match="no runs under"):
         runs.newest_run(tmp_path)
 
 
 def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
-    """The real command line: train 1 of 2 epochs, resume, then submit from the newest run."""
+    """The real command line: train 1 of 2 epochs, resume (the original command with --resume
+    and a longer --epochs), refuse a reused name and a changed flag, then submit."""
     common = [
         "--data-dir",
         str(demo_dir),
@@ -129,14 +131,45 @@ def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = tmp_path / "runs" / "cli"
     assert not (run_dir / "tuned.json").exists()  # tuning waits for the last epoch
-    second = run([*train, "--resume", "--name", "cli", "--no-progress"])
+    reused = run([*train, *common, "--arch", "attn"])
+    assert reused.returncode == 2 and "Traceback" not in reused.stderr
+    assert "runs/cli already holds a trained run: add --resume" in reused.stderr
+    changed = run([*train, "--resume", "--name", "cli", "--lr", "0.5"])
+    assert changed.returncode == 2 and "--lr 0.5 (the run has 0.001)" in changed.stderr
+    second = run([*train, *common, "--resume", "--epochs", "3"])
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "epoch   2" in second.stdout and "epoch   1" not in second.stdout
+    assert "the cosine schedule now spans 3 epochs" in second.stdout
+    assert "epoch   3" in second.stdout and "epoch   1 " not in second.stdout
     assert (run_dir / "tuned.json").exists()
-    assert load_config(run_dir / "config.json").model.features == 4
+    assert load_config(run_dir / "config.json").train.epochs == 3
     submit = run([sys.executable, str(ROOT / "scripts/submit.py"), "--no-progress"])
     assert submit.returncode == 0, submit.stderr[-3000:]
     assert "submission.csv: 9 rows" in submit.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data-dir", "/nonexistent/data"], "error: /nonexistent/data: no such data folder"),
+        (["--image-size", "8"], "error: --image-size 8x8 is smaller than the model's total stride"),
+        (["--image-size", "a"], "error: --image-size: image size 'a': expected N or HxW"),
+        (["--val-fraction", "0.7", "--test-fraction", "0.5"], "error: --val-fraction and"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_and_no_traceback(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.train_main([*argv, "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_submit_without_runs_is_a_user_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.submit_main([])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: no runs under")
 
 
 def test_flag_choices_match_the_library_tables():

@@ -147,6 +147,29 @@ def test_unpaired_files_are_named(tmp_path):
         data.discover(tmp_path)
     assert "b.png: image without a mask" in str(err.value)
     assert "c.png: mask without an image" in str(err.value)
+    assert "\n" not in str(err.value)  # one line, as the command line prints it
+
+
+def test_system_files_are_skipped_and_other_files_named_in_one_warning(tmp_path, recwarn):
+    _pair(tmp_path, "a")
+    for junk in (".DS_Store", "Thumbs.db"):
+        (tmp_path / "train/images" / junk).write_bytes(b"\0\1")
+    (tmp_path / "train/images/.ipynb_checkpoints").mkdir()
+    assert [s.id for s in data.discover(tmp_path).train] == ["a.png"]
+    assert not [w for w in recwarn if issubclass(w.category, data.DataWarning)]
+    (tmp_path / "train/masks/notes.txt").write_text("labelled by hand")
+    (tmp_path / "train/masks/old").mkdir()
+    with pytest.warns(data.DataWarning, match=r"masks: skipped 2 entries .*notes\.txt, old/"):
+        assert [s.id for s in data.discover(tmp_path).train] == ["a.png"]
+
+
+def test_jpeg_masks_are_thresholded_at_half_because_jpeg_is_lossy(tmp_path):
+    values = np.array([[0, 90, 127, 128], [140, 200, 255, 30]], np.uint8).repeat(8, 0).repeat(8, 1)
+    path = tmp_path / "m.jpg"
+    Image.fromarray(values).save(path, quality=100)
+    decoded = np.asarray(Image.open(path))
+    np.testing.assert_array_equal(data.read_mask(path), (decoded > 127).astype(np.uint8))
+    assert data.read_mask(path)[:8, :24].sum() == 0 and data.read_mask(path)[:8, 24:].all()
 
 
 def test_truncated_image_is_named_and_nothing_is_cached(tmp_path):
@@ -184,6 +207,33 @@ def test_two_files_with_one_stem(tmp_path):
     _write(tmp_path, "train/images/a.jpg", np.zeros((6, 5, 3), np.uint8))
     with pytest.raises(data.DataError, match="two files with the stem 'a'"):
         data.discover(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("id,encoded_pixels\n1.png,\n2.png,\n1.png,\n", r"repeated ids 1\.png"),
+        (
+            "image,encoded_pixels\n1.png,\n",
+            r"no column headed 'id' \(header: image,encoded_pixels\)",
+        ),
+    ],
+)
+def test_sample_submission_with_repeated_ids_or_no_id_column(tmp_path, text, message):
+    _pair(tmp_path, "a")
+    for name in ("1.png", "2.png"):
+        _write(tmp_path, f"test/images/{name}", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "sample_submission.csv").write_text(text)
+    with pytest.raises(data.DataError, match=r"sample_submission\.csv: " + message):
+        data.discover(tmp_path)
+
+
+def test_the_id_column_may_be_anywhere(tmp_path):
+    _pair(tmp_path, "a")
+    for name in ("1.png", "2.png"):
+        _write(tmp_path, f"test/images/{name}", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "sample_submission.csv").write_text("encoded_pixels,Id\n,2.png\n,1.png\n")
+    assert [s.id for s in data.discover(tmp_path).test] == ["2.png", "1.png"]
 
 
 def test_sample_submission_ids_missing_from_test_images(tmp_path):

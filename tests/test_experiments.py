@@ -11,7 +11,7 @@ def fake_run(root, name, dice, tta=False):
     run = root / name
     run.mkdir(parents=True)
     results = {
-        f"tta={t} postprocess={p}": {"dice": dice + 0.01 * (p == "on"), "global_dice": dice}
+        f"tta={t} postprocess={p}": {"mean_dice": dice + 0.01 * (p == "on"), "global_dice": dice}
         for t in ("on", "off")
         for p in ("on", "off")
     }
@@ -73,9 +73,9 @@ def test_best_run_previews_are_kept_and_linked(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "attn"
     (run / "previews").mkdir(parents=True)
     rows = [
-        {"epoch": 1, "val_dice": 0.7},
-        {"epoch": 2, "val_dice": 0.9},
-        {"epoch": 3, "val_dice": 0.8},
+        {"epoch": 1, "val_mean_dice": 0.7},
+        {"epoch": 2, "val_mean_dice": 0.9},
+        {"epoch": 3, "val_mean_dice": 0.8},
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for epoch in (1, 2, 3):

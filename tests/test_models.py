@@ -13,9 +13,12 @@ from jax.test_util import check_grads
 
 from segjax import losses
 from segjax.config import ModelConfig
+from segjax.errors import UserError
 from segjax.models import ARCHS, create_model
+from segjax.models.decoders import UNetDecoder
+from segjax.models.encoders import ScratchEncoder
 from segjax.models.layers import UpConv, max_pool_2x2
-from segjax.models.unet import UNet, valid_input_length, valid_output_length
+from segjax.models.unet import valid_input_length, valid_output_length
 
 TINY = dict(features=4, depth=2)
 
@@ -51,11 +54,21 @@ def test_every_arch_any_size_jit_equals_eager(arch):
     assert counts[0] == counts[1]
 
 
+class BareValidUNet(nn.Module):
+    """The 2015 network without the overlap tile: valid convolutions, a smaller output."""
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        encoder = ScratchEncoder(features=4, depth=2, padding="VALID", name="encoder")
+        decoder = UNetDecoder(features=4, padding="VALID", name="decoder")
+        return decoder(encoder(x, train=train), train=train)
+
+
 def test_valid_unet_output_is_smaller_and_matches_the_paper():
     assert valid_output_length(572, depth=4, convs=2) == 388
     assert valid_output_length(44, depth=2, convs=2) == 4
     assert valid_input_length(388, depth=4, convs=2) == 572
-    paper = UNet(features=4, depth=2, padding="VALID")  # no overlap tile: the bare 2015 network
+    paper = BareValidUNet()
     x = jax.random.normal(jax.random.key(0), (1, 44, 60, 3))
     assert paper.apply(paper.init(jax.random.key(1), x, train=False), x, train=False).shape == (
         1,
@@ -68,7 +81,7 @@ def test_valid_unet_output_is_smaller_and_matches_the_paper():
 def test_unet_valid_overlap_tile_is_the_bare_network_on_the_mirror_padded_image():
     config = tiny("unet-valid")
     model, variables, x = init(config, (2, 20, 28, 3))
-    bare = UNet(features=4, depth=2, padding="VALID")
+    bare = BareValidUNet()
     need = [valid_input_length(n, 2, 2) for n in (20, 28)]
     pads = [((n - s) // 2, n - s - (n - s) // 2) for n, s in zip(need, (20, 28), strict=True)]
     padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode="reflect")
@@ -184,7 +197,7 @@ def test_dropout_only_in_training_and_batchnorm_modes():
 
 
 def test_unknown_arch_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown arch 'vnet'; choose one of"):
+    with pytest.raises(UserError, match="unknown arch 'vnet'; choose one of"):
         create_model(ModelConfig(arch="vnet"))
 
 
@@ -195,3 +208,57 @@ def test_max_pool_2x2_equals_flax_max_pool_with_its_gradient(shape):
     np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
     grad = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
     np.testing.assert_allclose(grad(max_pool_2x2), grad(flax_pool), rtol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["unet", "attn", "unetpp"])
+def test_old_layout_weights_in_the_encoder_decoder_tree_give_the_same_logits(arch):
+    """tests/data/legacy_layout.npz: variables and logits of segjax 0.1's flat modules
+    (commit c4ce864), features 4, depth 2, on a fixed 20x28 input."""
+    from pathlib import Path
+
+    from segjax.models import upgrade_layout
+
+    stored = np.load(Path(__file__).parent / "data" / "legacy_layout.npz")
+    old: dict = {}
+    for key in stored.files:
+        if key.startswith(arch + "|") and not key.endswith("|logits"):
+            *path, leaf = key.split("|")[1].split("/")
+            node = old
+            for name in path:
+                node = node.setdefault(name, {})
+            node[leaf] = stored[key]
+    model = create_model(tiny(arch))
+    x = jnp.asarray(stored["input"])
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    new = upgrade_layout(old, arch)
+    assert jax.tree.structure(new) == jax.tree.structure(shapes)
+    np.testing.assert_array_equal(model.apply(new, x, train=False), stored[arch + "|logits"])
+
+
+EXPECTED_PARAMS = {"unet": 7549, "attn": 7707, "unetpp": 8273, "resunet": 7961, "unet-valid": 7549}
+# The classifiers' published sizes less their ImageNet heads: EfficientNet-Lite0 4,652,008 less
+# the 1x1 conv to 1280 (409,600), its BatchNorm (2,560) and the classifier (1,281,000);
+# torchvision's ResNet-18 11,689,512 and ResNet-34 21,797,672 less the classifier (513,000).
+ENCODER_PARAMS = {"efficientnet-lite0": 2_958_848, "resnet18": 11_176_512, "resnet34": 21_284_672}
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED_PARAMS))
+def test_parameter_counts_per_arch_at_two_sizes(arch):
+    for h, w in ((16, 24), (40, 36)):
+        shapes = jax.eval_shape(
+            lambda h=h, w=w: create_model(tiny(arch)).init(
+                jax.random.key(0), jnp.zeros((1, h, w, 3)), train=False
+            )
+        )
+        assert n_params(shapes) == EXPECTED_PARAMS[arch]
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODER_PARAMS))
+def test_pretrained_encoders_have_the_classifiers_parameter_counts(encoder):
+    for size in (64, 96):
+        shapes = jax.eval_shape(
+            lambda size=size: create_model(ModelConfig(encoder=encoder, features=16)).init(
+                jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False
+            )
+        )
+        assert n_params({"params": shapes["params"]["encoder"]}) == ENCODER_PARAMS[encoder]

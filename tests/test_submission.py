@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segjax import data, postprocess, predict, rle, runs, submission, tune
+from segjax import data, postprocess, predict, rle, submission, train, tune
+from segjax.errors import UserError
 from segjax.postprocess import PostProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ def trained_run(tmp_path_factory, demo_dir):
     from tests.conftest import make_tiny_config
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    runs.train_run(make_tiny_config(demo_dir), run_dir, progress=False)
+    train.train_and_tune(make_tiny_config(demo_dir), run_dir, progress=False)
     return run_dir
 
 
@@ -142,11 +143,42 @@ def test_evaluate_writes_metrics_and_the_worst_cases(trained_run, tmp_path):
     }
     for result in report["results"].values():
         c = result["confusion"]
-        assert 0 <= result["dice"] <= 1 and c["tp"] + c["fp"] + c["fn"] + c["tn"] > 0
+        assert 0 <= result["mean_dice"] <= 1 and c["tp"] + c["fp"] + c["fn"] + c["tn"] > 0
     assert (tmp_path / "worst_val.png").exists() and (tmp_path / "evaluation_val.json").exists()
     assert "tta=on postprocess=on" in format_report(report)
-    with pytest.raises(ValueError, match="no 'test' split"):
+    with pytest.raises(UserError, match="no 'test' split"):
         evaluate_run(trained_run, split="test", out_dir=tmp_path)
+
+
+def test_a_test_image_that_cannot_be_decoded_is_named_and_nothing_is_written(
+    trained_run, demo_dir, tmp_path
+):
+    data_dir = tmp_path / "data"
+    shutil.copytree(demo_dir, data_dir)
+    bad = data_dir / "test/images/5003.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    out = tmp_path / "sub.csv"
+    with pytest.raises(data.DataError, match=r"5003\.png: unreadable or truncated"):
+        submission.make_submission(trained_run, data_dir, out=out, progress=False)
+    assert list(tmp_path.glob("sub.csv*")) == []
+
+
+def test_validation_dice_of_training_equals_evaluation_at_one_half(tmp_path):
+    """One rule from probabilities to masks: with images stored at the training size (no resize),
+    training's reported validation Dice is evaluate.py's at 0.5 without post-processing."""
+    from segjax import synthetic, writer
+    from segjax.evaluate import evaluate_run
+    from tests.conftest import make_tiny_config
+
+    root = synthetic.generate(tmp_path / "data", n_train=30, n_test=1, seed=5, sizes=((32, 32),))
+    run_dir = tmp_path / "run"
+    train.fit(make_tiny_config(root, epochs=1), run_dir, progress=False)
+    reported = writer.read_metrics(run_dir / "metrics.jsonl")[-1]
+    report = evaluate_run(run_dir, "val", "latest", out_dir=tmp_path)
+    evaluated = report["results"]["tta=off postprocess=off"]
+    assert evaluated["mean_dice"] == pytest.approx(reported["val_mean_dice"], abs=1e-6)
+    assert evaluated["global_dice"] == pytest.approx(reported["val_global_dice"], abs=1e-6)
+    assert 0.05 < evaluated["mean_dice"] < 1  # a real prediction, neither empty nor perfect
 
 
 def test_scripts_run_from_the_command_line(trained_run, tmp_path):

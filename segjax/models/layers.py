@@ -87,9 +87,6 @@ class ResizeUp(nn.Module):
         return jax.image.resize(y, (b, 2 * h, 2 * w, c), "bilinear").astype(self.dtype)
 
 
-UPSAMPLERS = {"transpose": UpConv, "resize": ResizeUp}
-
-
 class ConvBlock(nn.Module):
     """`convs` 3x3 convolutions, each + BatchNorm + activation; optional residual; dropout last."""
 
@@ -132,27 +129,6 @@ class ConvBlock(nn.Module):
         return x
 
 
-def level_block(net: nn.Module, level: int, padding: str, name: str) -> ConvBlock:
-    """The conv block of `level` (depth = bottleneck) with the network's options.
-
-    Deep-only dropout covers the two deepest levels: the deepest encoder and decoder blocks and
-    the bottleneck.
-    """
-    deep = level >= net.depth - 1
-    rate = net.dropout if (deep or not net.dropout_deep_only) else 0.0
-    return ConvBlock(
-        net.features * 2**level,
-        net.convs,
-        padding,
-        net.batch_norm,
-        rate,
-        net.activation,
-        net.residual,
-        net.dtype,
-        name=name,
-    )
-
-
 class AttentionGate(nn.Module):
     """Additive attention gate (Oktay et al. 2018): the skip scaled by a learned [0, 1] map.
 
@@ -184,3 +160,75 @@ class AttentionGate(nn.Module):
         )
         alpha = nn.sigmoid(project(joint, 1, "psi"))
         return skip * alpha
+
+
+def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding of one axis (the extra pixel goes after), as flax "SAME"."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def depthwise_conv(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int) -> jax.Array:
+    """Depthwise convolution with "SAME" padding.
+
+    On CPU it is a sum of k*k shifted, per-channel-scaled copies of the input: XLA:CPU's grouped
+    convolution is 25-50x slower than this form (benchmarks/depthwise.py). Elsewhere it is the
+    native grouped convolution. The two agree to float rounding (tested).
+    """
+    k = kernel_KxKx1xC.shape[0]
+    if jax.default_backend() != "cpu":
+        return jax.lax.conv_general_dilated(
+            x_BxHxWxC,
+            kernel_KxKx1xC,
+            (stride, stride),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x_BxHxWxC.shape[-1],
+        )
+    _, h, w, _ = x_BxHxWxC.shape
+    pads = (tf_same_padding(h, k, stride), tf_same_padding(w, k, stride))
+    x = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
+    oh, ow = -(-h // stride), -(-w // stride)
+    out = None
+    for i in range(k):
+        for j in range(k):
+            tap = x[
+                :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
+            ]
+            term = tap * kernel_KxKx1xC[i, j][None, None]  # [1, 1, 1, C]: per channel
+            out = term if out is None else out + term
+    return out
+
+
+class DepthwiseConv(nn.Module):
+    """A k x k depthwise convolution without bias; kernel [k, k, 1, C] as `nn.Conv` groups."""
+
+    kernel_size: int
+    strides: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel_size, self.kernel_size, 1, x.shape[-1])
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        kernel = self.param("kernel", init, shape, param_dtype(self.dtype))
+        return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides)
+
+
+def upsample_nearest(x_BxHxWxC: jax.Array) -> jax.Array:
+    """2x nearest-neighbour upsampling."""
+    return jnp.repeat(jnp.repeat(x_BxHxWxC, 2, axis=1), 2, axis=2)
+
+
+class NearestUp(nn.Module):
+    """2x nearest-neighbour upsampling, channels unchanged (the block after it mixes them)."""
+
+    features: int  # unused: the same signature as the other upsamplers
+    dtype: jnp.dtype = jnp.float32
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return upsample_nearest(x)
+
+
+UPSAMPLERS = {"transpose": UpConv, "resize": ResizeUp, "nearest": NearestUp}

