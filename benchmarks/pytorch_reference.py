@@ -112,19 +112,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="torch.compile the step")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = UNet(args.features) if args.model == "unet" else Lite0UNet()
-    model = model.to(memory_format=torch.channels_last)
+    device = torch.device(args.device)
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     b = args.batch_size
     h, w = (int(v) for v in (args.image_size.split("x") * 2)[:2])
-    x = torch.randn(b, 3, h, w).contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(b, 1, h, w) > 0.5).float()
+    x = torch.randn(b, 3, h, w, device=device).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(b, 1, h, w, device=device) > 0.5).float()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
         loss.backward()
         optimizer.step()
         return loss
@@ -132,10 +138,12 @@ def main() -> None:
     run = torch.compile(step) if args.compile else step
     for _ in range(3):
         run()
+    sync()
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
         run()
+        sync()
         times.append(time.perf_counter() - t)
     median = float(np.median(times))
     print(
@@ -143,6 +151,8 @@ def main() -> None:
             {
                 "framework": f"torch {torch.__version__}",
                 "model": args.model,
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "bf16": args.bf16,
                 "compile": args.compile,
                 "threads": torch.get_num_threads(),
                 "step_ms": median * 1e3,

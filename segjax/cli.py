@@ -106,6 +106,7 @@ FIELDS = {
         "fine-tune: start from this run folder's best weights",
     ),
     "early-stop": ("train", "early_stop", int, "patience in epochs on val Dice, 0 = off"),
+    "preview-every": ("train", "preview_every", int, "previews and curves every N epochs"),
     "precision": ("train", "precision", ["fp32", "bf16"], "compute precision"),
 }
 SWITCHES = {  # boolean flags: flag -> (section, field, value, help)
@@ -171,6 +172,12 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--default-xla-flags", action="store_true", help="do not set segjax's XLA:CPU speed flags"
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="GPU: deterministic reductions and convolutions, so that --resume is bitwise "
+        "equal to never stopping there too (slower; CPU runs are deterministic anyway)",
     )
     return parser
 
@@ -247,7 +254,7 @@ def train_main(argv: list[str] | None = None) -> None:
     args = train_parser().parse_args(argv)
     if not args.default_xla_flags and argv is None:
         runtime.reexec_with_hugepages()
-    runtime.configure(fast_cpu=not args.default_xla_flags)
+    runtime.configure(fast_cpu=not args.default_xla_flags, deterministic=args.deterministic)
     with user_errors():
         _train(args)
 
@@ -427,6 +434,14 @@ def benchmark_parser() -> argparse.ArgumentParser:
         help="only parameter counts and forward+backward GFLOPs (no timing)",
     )
     parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="loop efficiency: the real training loop's steps/s over the bare step's (try "
+        "--features 8 --image-size 64, where host work shows)",
+    )
+    parser.add_argument("--encoder", default="scratch", help="encoder (see train.py --help)")
+    parser.add_argument("--upsample", default="transpose", help="transpose, resize or nearest")
+    parser.add_argument(
         "--default-xla-flags",
         action="store_true",
         help="measure without segjax's XLA:CPU flags and huge pages",
@@ -453,9 +468,27 @@ def benchmark_main(argv: list[str] | None = None) -> None:
     )
     print(f"{size[0]}x{size[1]}, base {args.features}, batch {args.batch_size}, {args.precision}")
     configs = [
-        benchmark.bench_config(a, size, args.features, args.batch_size, args.precision, args.aug)
+        benchmark.bench_config(
+            a,
+            size,
+            args.features,
+            args.batch_size,
+            args.precision,
+            args.aug,
+            encoder=args.encoder,
+            upsample=args.upsample,
+        )
         for a in args.arch
     ]
+    if args.loop:
+        for config in configs:
+            r = benchmark.bench_loop(config, steps=max(args.steps, 10))
+            print(
+                f"{config.model.arch}: loop efficiency: {r['efficiency']:.2f} (loop "
+                f"{r['loop_steps_per_s']:.2f} steps/s, bare step {r['bare_steps_per_s']:.2f} "
+                "steps/s)"
+            )
+        return
     if args.flops_only:
         for config in configs:
             print(

@@ -79,6 +79,7 @@ class TrainConfig:
     early_stop: int = 0  # stop after this many epochs without a better validation Dice (0 = off)
     precision: str = "fp32"  # "fp32" or "bf16" (sets ModelConfig.dtype)
     preview_count: int = 8  # validation images drawn in previews/epoch_NNN.png
+    preview_every: int = 1  # previews and curves.png every N epochs (and after the last)
     init_from: str = ""  # start from this run folder's best weights (fine-tuning), "" = fresh
     freeze_encoder_epochs: int = 0  # pretrained encoder frozen (its updates zeroed) this long
     encoder_lr_mult: float = 1.0  # the encoder's learning rate as a fraction of --lr

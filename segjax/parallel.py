@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -65,3 +68,59 @@ def gather(x: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+class Prefetcher:
+    """Prepare the next batches in a daemon thread, `depth` ahead of the loop that uses them.
+
+    Iterating yields `make(item)` for each item of `items`, in order (so the batch order, and
+    with it exact resume, is unchanged). An error in the thread is raised in the loop; leaving
+    the loop early (break, an error, Ctrl-C) stops the thread, and `close` (or the end of a
+    `with` block) joins it.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterable, make: Callable[[Any], Any], depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items, make), daemon=True)
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterable, make: Callable[[Any], Any]) -> None:
+        try:
+            for item in items:
+                if not self._put((True, make(item))):
+                    return
+        except BaseException as err:  # handed to the loop, raised there
+            self._put((False, err))
+            return
+        self._put((True, self._END))
+
+    def __iter__(self) -> Iterator:
+        while True:
+            ok, value = self._queue.get()
+            if not ok:
+                raise value
+            if value is self._END:
+                return
+            yield value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -94,13 +94,14 @@ def iterate_probs(
     mesh = mesh or parallel.create_mesh()
     parallel.check_batch_size(batch_size)
     fn = create_predict_fn(loaded.config, mesh, tta)
+    make = lambda b: (*b, parallel.gather_batch({"image": images_u8}, b[0], mesh)["image"])
     pending = None  # dispatch batch i + 1 before handing out batch i: the caller's work overlaps
-    for idx, valid in data.eval_batches(len(images_u8), batch_size):
-        batch = parallel.gather_batch({"image": images_u8}, idx, mesh)
-        probs = fn(loaded.variables, batch["image"])
-        if pending is not None:
-            yield pending[0], parallel.gather(pending[2])[pending[1]]
-        pending = (idx[valid], valid, probs)
+    with parallel.Prefetcher(data.eval_batches(len(images_u8), batch_size), make) as feed:
+        for idx, valid, batch in feed:
+            probs = fn(loaded.variables, batch)
+            if pending is not None:
+                yield pending[0], parallel.gather(pending[2])[pending[1]]
+            pending = (idx[valid], valid, probs)
     if pending is not None:
         yield pending[0], parallel.gather(pending[2])[pending[1]]
 

@@ -36,6 +36,7 @@ RESUMABLE = {
     ("train", "epochs"),
     ("train", "early_stop"),
     ("train", "eval_batch_size"),
+    ("train", "preview_every"),
     ("data", "cache_dir"),
 }
 

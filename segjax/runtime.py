@@ -53,11 +53,17 @@ def _flag_supported(flag: str) -> bool:
     return bool(known[key])
 
 
-def configure(fast_cpu: bool = True, compile_cache: bool = True) -> None:
+DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
+
+
+def configure(fast_cpu: bool = True, compile_cache: bool = True, deterministic: bool = False):
     """Set XLA:CPU flags and the persistent compilation cache through the environment.
 
-    The user's own XLA_FLAGS win: a flag they already set is left as they set it.
+    `deterministic` makes GPU reductions and convolutions deterministic (bitwise resume on a
+    GPU, at some speed). The user's own XLA_FLAGS win: a flag they already set is kept.
     """
+    if deterministic and "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DETERMINISTIC}".strip()
     if os.environ.get("SEGJAX_DEFAULT_FLAGS") == "1":
         fast_cpu = False
     if fast_cpu:

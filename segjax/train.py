@@ -200,13 +200,17 @@ def _labelled(arrays: data.Arrays) -> dict[str, np.ndarray]:
 
 
 def evaluate(steps: Steps, state, arrays: data.Arrays, indices, batch_size: int, mesh) -> dict:
-    """Mean loss and Dice, IoU, ... over `indices` (padding never scored)."""
-    losses_, counts = [], []
-    for idx, valid in data.eval_batches(len(indices), batch_size):
-        batch = parallel.gather_batch(_labelled(arrays), indices[idx], mesh)
-        out = steps.eval(state, batch)
-        losses_.append(parallel.gather(out["loss"])[valid])
-        counts.append(parallel.gather(out["counts"])[valid])
+    """Mean loss and Dice, IoU, ... over `indices` (padding never scored).
+
+    Batches are prepared ahead in a thread; results stay on the device until the end.
+    """
+    make = lambda b: (b[1], parallel.gather_batch(_labelled(arrays), indices[b[0]], mesh))
+    outs = []
+    with parallel.Prefetcher(data.eval_batches(len(indices), batch_size), make) as feed:
+        for valid, batch in feed:
+            outs.append((valid, steps.eval(state, batch)))
+    losses_ = [parallel.gather(out["loss"])[valid] for valid, out in outs]
+    counts = [parallel.gather(out["counts"])[valid] for valid, out in outs]
     summary = metrics.summarize(np.concatenate(counts))
     return {"loss": float(np.mean(np.concatenate(losses_))), **summary}
 
@@ -323,10 +327,12 @@ def fit(
             record.update(epoch=epoch + 1, position=[epoch + 1, 0])
             meta = {**record, "metrics": row, "config": config.to_dict()}
             checkpoint.save(manager, epoch + 1, state, meta)
-            _preview(state, splits, config, mesh, run_dir, epoch + 1)
+            draw = (epoch + 1) % tc.preview_every == 0 or epoch + 1 == tc.epochs
+            if draw:
+                _preview(state, splits, config, mesh, run_dir, epoch + 1)
             if lead:
                 rows.append(row)
-                _log_epoch(run_dir, rows, seconds, images)
+                _log_epoch(run_dir, rows, seconds, images, curves=draw)
                 _report(row, record, seconds)
             last_row = row
     finally:
@@ -375,23 +381,26 @@ def _train_epoch(steps, state, splits, tc, epoch, start_index, mesh, rng, manage
     )
     step_losses = []
     tic = time.perf_counter()
-    for index, idx in data.train_batches(
-        len(splits.train), tc.batch_size, tc.seed, epoch, start_index
-    ):
-        batch = parallel.gather_batch(_labelled(splits.arrays), splits.train[idx], mesh)
-        state, out = steps.train(state, batch, rng)
-        step_losses.append(out["loss"])
-        if index % 10 == 0 and len(step_losses) > 1:  # read one step late: no stall
-            _check_finite(float(step_losses[-2]), epoch, index, manager)
-            bar.set_postfix(loss=f"{float(step_losses[-2]):.4f}")
-        bar.update(tc.batch_size)
+    batches = data.train_batches(len(splits.train), tc.batch_size, tc.seed, epoch, start_index)
+    make = lambda b: (
+        b[0],
+        parallel.gather_batch(_labelled(splits.arrays), splits.train[b[1]], mesh),
+    )
+    with parallel.Prefetcher(batches, make) as feed:
+        for index, batch in feed:
+            state, out = steps.train(state, batch, rng)
+            step_losses.append(out["loss"])
+            if index % 10 == 0 and len(step_losses) > 1:  # one step late: already computed
+                _check_finite(float(step_losses[-2]), epoch, index, manager)
+                bar.set_postfix(loss=f"{float(step_losses[-2]):.4f}")
+            bar.update(tc.batch_size)
     bar.close()
     loss = float(np.mean(jax.device_get(step_losses))) if step_losses else float("nan")
     _check_finite(loss, epoch, spe, manager)
     return state, loss, time.perf_counter() - tic
 
 
-def _log_epoch(run_dir: Path, rows: list[dict], seconds: float, images: int) -> None:
+def _log_epoch(run_dir: Path, rows: list[dict], seconds: float, images: int, curves: bool):
     """metrics.jsonl (deterministic), timing.jsonl (clock), curves.png: process 0 only."""
     writer.append_metrics(run_dir / "metrics.jsonl", rows[-1])
     timing = {
@@ -400,7 +409,8 @@ def _log_epoch(run_dir: Path, rows: list[dict], seconds: float, images: int) -> 
         "train_img_per_s": images / max(seconds, 1e-9),
     }
     writer.append_metrics(run_dir / "timing.jsonl", timing)
-    viz.save_curves(rows, run_dir / "curves.png")
+    if curves:
+        viz.save_curves(rows, run_dir / "curves.png")
 
 
 def load_pretrained(state: TrainState, config: Config, mesh) -> tuple[TrainState, Config]:
