@@ -53,7 +53,7 @@ import jax, numpy as np
 from segjax import benchmark, parallel, train
 config = benchmark.bench_config("unet", (int(sys.argv[3]),) * 2, 32, int(sys.argv[4]), "bf16")
 mesh = parallel.create_mesh()
-steps = train.create_steps(config, mesh)
+steps = train.create_steps(config, mesh, 100)
 rng = np.random.default_rng(0)
 h = int(sys.argv[3])
 batch = parallel.shard_batch({"image": rng.integers(0, 256, (int(sys.argv[4]), h, h, 3), np.uint8),

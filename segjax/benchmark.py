@@ -112,7 +112,7 @@ def bench_train(
     """Median step time on staged batches, then the same loop feeding batches from host memory."""
     tc = config.train
     mesh = parallel.create_mesh()
-    fns = train.create_steps(config, mesh)
+    fns = train.create_steps(config, mesh, 100)
     state = jax.device_put(
         train.create_train_state(config, jax.random.key(0), 100), parallel.replicated(mesh)
     )
@@ -180,7 +180,7 @@ def bench_loop(config: Config, steps: int = 30) -> dict[str, float]:
 
     tc = config.train
     mesh = parallel.create_mesh()
-    fns = train.create_steps(config, mesh)
+    fns = train.create_steps(config, mesh, 100)
     state = jax.device_put(
         train.create_train_state(config, jax.random.key(0), steps), parallel.replicated(mesh)
     )
@@ -210,7 +210,7 @@ def bench_loop(config: Config, steps: int = 30) -> dict[str, float]:
     with contextlib.redirect_stderr(io.StringIO()):  # the progress bar is drawn, not shown
         for epoch in range(2):  # the first pass compiles nothing new but warms the feeder
             t = time.perf_counter()
-            state, _, _ = train._train_epoch(
+            state, _, _, _ = train._train_epoch(
                 fns, state, splits, tc, epoch, 0, mesh, key, None, True
             )
             jax.block_until_ready(state.params)

@@ -54,13 +54,22 @@ def create_manager(directory: str | os.PathLike, read_only: bool = False) -> ocp
         absl.setLevel(level)
 
 
-def save(manager: ocp.CheckpointManager, epoch: int, state: Any, meta: dict[str, Any]) -> None:
+def save(
+    manager: ocp.CheckpointManager,
+    epoch: int,
+    state: Any,
+    meta: dict[str, Any],
+    replace: bool = False,
+) -> None:
     """Save asynchronously (the arrays are copied before this returns, so donation is safe).
 
     The previous save is finished and sealed (its files listed) first; a save that Orbax
-    declines, because that epoch already has a checkpoint, is an error.
+    declines, because that epoch already has a checkpoint, is an error, unless `replace`
+    (a mid-epoch checkpoint of a stopped run, replaced by the epoch's own or a later stop's).
     """
     seal(manager)
+    if replace and epoch in manager.all_steps():
+        manager.delete(epoch)
     metrics = {BEST_METRIC: float(meta["metrics"][BEST_METRIC])}
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(serialization.to_state_dict(state)),
@@ -131,6 +140,28 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[A
             f"the checkpoint of epoch {step} in {folder} cannot be read: {reason}"
         ) from err
     return state, dict(restored["meta"])
+
+
+def restore_variables(manager: ocp.CheckpointManager, step: int, template: dict) -> dict:
+    """Only the `params` and `batch_stats` of a step (a partial restore: no optimizer state),
+    in the shapes and shardings of `template`; CheckpointError if unreadable."""
+    folder = Path(manager.directory) / str(step)
+    broken = damage(folder)
+    args = ocp.args.PyTreeRestore(
+        item=template,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(template),
+        partial_restore=True,
+    )
+    try:
+        if broken:
+            raise CheckpointError(broken)
+        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    except Exception as err:  # Orbax and TensorStore raise many kinds for damaged files
+        reason = broken or (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise CheckpointError(
+            f"the checkpoint of epoch {step} in {folder} cannot be read: {reason}"
+        ) from err
+    return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
 
 
 def restore_newest_readable(

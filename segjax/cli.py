@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -153,7 +154,8 @@ def train_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run in --run-dir/--name (default: newest) from its latest "
         "checkpoint, with its own settings; only --epochs, --early-stop, --stop-at-epoch, "
-        "--eval-batch-size, --cache-dir and --no-progress may differ",
+        "--time-budget, --eval-batch-size, --preview-every, --cache-dir and --no-progress "
+        "may differ",
     )
     parser.add_argument(
         "--overwrite",
@@ -166,6 +168,14 @@ def train_parser() -> argparse.ArgumentParser:
         type=int,
         help="stop after this epoch (the schedule still spans --epochs); "
         "continue later with --resume, e.g. across Kaggle sessions",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="the whole command (decoding, compiling, training, tuning) ends within this many "
+        "minutes, counted from its start: the epochs that fit are planned once, before the "
+        "first update (with --epochs too, the smaller wins) and saved as --epochs",
     )
     parser.add_argument("--no-tune", action="store_true", help="skip threshold tuning at the end")
     _distributed_flags(parser)
@@ -251,6 +261,11 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 
 def train_main(argv: list[str] | None = None) -> None:
     """scripts/train.py"""
+    # The time budget counts from here: the start is kept through the huge-pages re-exec
+    # (same process id), and not inherited by another process.
+    pid, _, start = os.environ.get("SEGJAX_START", "").partition(":")
+    if pid != str(os.getpid()):
+        os.environ["SEGJAX_START"] = f"{os.getpid()}:{time.time()!r}"
     args = train_parser().parse_args(argv)
     if not args.default_xla_flags and argv is None:
         runtime.reexec_with_hugepages()
@@ -287,6 +302,8 @@ def _train(args: argparse.Namespace) -> None:
         stop_at_epoch=args.stop_at_epoch,
         tune=not args.no_tune,
         progress=not args.no_progress,
+        time_budget=args.time_budget,
+        started=float(os.environ["SEGJAX_START"].partition(":")[2]),
     )
 
 
@@ -402,6 +419,89 @@ def _evaluate(args: argparse.Namespace) -> None:
     out = Path(args.out_dir) if args.out_dir else run_dir
     print(format_report(report))
     print(f"wrote {out / f'evaluation_{args.split}.json'} and {out / f'worst_{args.split}.png'}")
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Predict masks for image files or folders (any size; L, RGB, RGBA, P; PNG, "
+        "JPEG, ...): <out>/<stem>.png, 0/255, at each image's original size, with the run's "
+        "tuned threshold, post-processing and TTA (as scripts/submit.py).",
+    )
+    _common(parser)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument("--out", required=True, help="folder for the masks")
+    parser.add_argument("--overlay", action="store_true", help="also <stem>_overlay.png")
+    parser.add_argument("--probs", action="store_true", help="also <stem>_prob.png (8-bit)")
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: tuned)")
+    parser.add_argument("--no-postprocess", action="store_true", help="threshold only")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", action="store_true", default=None, help="flip TTA on")
+    tta.add_argument("--no-tta", dest="tta", action="store_false", help="flip TTA off")
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def predict_main(argv: list[str] | None = None) -> None:
+    """scripts/predict.py"""
+    args = predict_parser().parse_args(argv)
+    runtime.configure(fast_cpu=not args.default_xla_flags)
+    with user_errors():
+        from segjax import infer, runs
+
+        report = infer.predict_files(
+            Path(args.run_dir) if args.run_dir else runs.newest_run(),
+            args.inputs,
+            args.out,
+            which=args.checkpoint,
+            batch_size=args.batch_size,
+            tta=args.tta,
+            threshold=args.threshold,
+            use_postprocess=not args.no_postprocess,
+            overlay=args.overlay,
+            probs=args.probs,
+            force=args.force,
+            progress=not args.no_progress,
+        )
+        print(f"wrote {report.written} masks to {report.out}")
+        status = infer.report_failures(report)
+    sys.exit(status)
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Serialise a run's prediction function with jax.export (uint8 images at the "
+        "training size -> probabilities; TTA as tuned; batch size free), for CPU, CUDA and TPU "
+        "where it lowers, plus a JSON of what a caller needs. tools/run_exported.py runs it "
+        "with only jax, numpy and flatbuffers.",
+    )
+    parser.add_argument("--run-dir", help="run folder (default: the newest under runs/)")
+    parser.add_argument(
+        "--checkpoint", default="best", help="best, latest or an epoch number (default best)"
+    )
+    parser.add_argument("--out", required=True, help="output file, e.g. model.jaxexport")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", action="store_true", default=None, help="flip TTA on")
+    tta.add_argument("--no-tta", dest="tta", action="store_false", help="flip TTA off")
+    return parser
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    """scripts/export.py"""
+    args = export_parser().parse_args(argv)
+    runtime.configure()
+    with user_errors():
+        from segjax import runs
+        from segjax.export import export_run
+
+        run_dir = Path(args.run_dir) if args.run_dir else runs.newest_run()
+        record = export_run(run_dir, args.out, args.checkpoint, args.tta)
+        print(
+            f"wrote {args.out} and {args.out}.json: {record['image_size'][0]}x"
+            f"{record['image_size'][1]} input, platforms {', '.join(record['platforms'])}, "
+            f"TTA {'on' if record['tta'] else 'off'}, threshold "
+            f"{record['postprocess']['threshold']}"
+        )
 
 
 def benchmark_parser() -> argparse.ArgumentParser:

@@ -273,10 +273,18 @@ def load(
     masks = np.stack([d[1] for d in decoded]) if labelled else None
     sizes = np.asarray([d[2] for d in decoded], dtype=np.int32)
     if paths is not None:
-        paths["images"].parent.mkdir(parents=True, exist_ok=True)
-        for name, array in (("images", images), ("masks", masks), ("sizes", sizes)):
-            if array is not None:
-                _save_atomic(paths[name], array)
+        try:
+            paths["images"].parent.mkdir(parents=True, exist_ok=True)
+            for name, array in (("images", images), ("masks", masks), ("sizes", sizes)):
+                if array is not None:
+                    _save_atomic(paths[name], array)
+        except OSError as err:  # a read-only cache costs a decode next time, nothing else
+            warnings.warn(
+                f"{paths['images'].parent}: cannot cache decoded images there "
+                f"({err.strerror or err}); set --cache-dir or SEGJAX_CACHE to a writable folder",
+                DataWarning,
+                stacklevel=2,
+            )
     return Arrays(ids, images, masks, sizes)
 
 

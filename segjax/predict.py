@@ -15,7 +15,7 @@ from PIL import Image
 from segjax import augment, checkpoint, data, parallel
 from segjax.config import Config, load_config
 from segjax.errors import UserError
-from segjax.models import create_model
+from segjax.models import create_model, legacy_layout, upgrade_layout
 
 
 class Loaded(NamedTuple):
@@ -26,25 +26,43 @@ class Loaded(NamedTuple):
 
 
 def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
-    """Rebuild the model from config.json alone and restore a checkpoint's variables."""
-    from segjax.train import create_train_state
+    """Rebuild the model from config.json alone and restore a checkpoint's variables.
 
+    Only the parameters and BatchNorm statistics are read (the optimizer's moments are not),
+    into shapes from `jax.eval_shape` of the model's init: no training state is built.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise UserError(f"{run_dir}: no config.json (not a segjax run folder); check --run-dir")
     config = load_config(run_dir / "config.json")
+    model = create_model(config.model)
+    h, w = config.data.image_size
+    sample = jax.ShapeDtypeStruct((1, h, w, config.data.channels), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), sample)
+    rep = parallel.replicated(mesh or parallel.create_mesh())
+    template = {
+        name: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
+        for name, tree in (
+            ("params", shapes["params"]),
+            ("batch_stats", shapes.get("batch_stats", {})),
+        )
+    }
     manager = checkpoint.create_manager(run_dir / "checkpoints", read_only=True)
     try:
         step = checkpoint.resolve_step(manager, which)
-        rep = parallel.replicated(mesh or parallel.create_mesh())
-        template = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0), 1))
-        template = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), template
-        )
-        state, _ = checkpoint.restore(manager, step, template)
+        try:
+            variables = checkpoint.restore_variables(manager, step, template)
+        except checkpoint.CheckpointError:  # a run of segjax 0.1 (flat module names)?
+            old = legacy_layout(template, config.model.arch)
+            try:
+                variables = upgrade_layout(
+                    checkpoint.restore_variables(manager, step, old), config.model.arch
+                )
+            except checkpoint.CheckpointError:
+                variables = checkpoint.restore_variables(manager, step, template)  # the error
     finally:
         manager.close()
-    return Loaded(config, {"params": state.params, "batch_stats": state.batch_stats}, step, run_dir)
+    return Loaded(config, variables, step, run_dir)
 
 
 def logits(apply_fn, variables, images_u8: jax.Array, mean, std) -> jax.Array:

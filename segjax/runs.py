@@ -83,6 +83,21 @@ def clear(run_dir: Path) -> list[str]:
     return removed
 
 
+def writable(folder: Path) -> Path:
+    """Create `folder` if needed; a place that cannot be written is an error naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".segjax-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"{folder}: cannot write here ({err.strerror or err}); choose a writable "
+            "--run-dir (on Kaggle: under /kaggle/working)"
+        ) from err
+    return folder
+
+
 def claim(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Check that a new run may use this folder: a folder with checkpoints needs a choice.
 

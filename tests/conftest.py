@@ -50,6 +50,16 @@ def tiny_config(demo_dir) -> Config:
     return make_tiny_config(demo_dir)
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, demo_dir) -> Path:
+    """One tiny run, trained and tuned once for every test that reads a finished run."""
+    from segjax import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train.train_and_tune(make_tiny_config(demo_dir), run_dir, progress=False)
+    return run_dir
+
+
 def ccp_or_skip() -> Path:
     if not (CCP / "images").is_dir():
         pytest.skip(f"real-photo data not found at {CCP} (it ships beside the repository only)")

@@ -294,3 +294,12 @@ def test_real_photos_pair_and_decode():
     fractions = arrays.masks.reshape(12, -1).mean(axis=1)
     assert np.all((fractions > 0.08) & (fractions < 0.4)), fractions
     assert all(h > w for h, w in arrays.sizes)  # portrait street photos
+
+
+def test_a_cache_folder_that_cannot_be_written_is_skipped_with_a_warning(tmp_path):
+    _pair(tmp_path, "a")
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.warns(data.DataWarning, match=r"cache: cannot cache decoded images there"):
+        arrays = data.load(data.discover(tmp_path).train, (4, 4), cache_dir=blocker / "arrays")
+    assert arrays.images.shape == (1, 4, 4, 3)

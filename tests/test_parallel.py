@@ -174,7 +174,7 @@ def test_bf16_training_converges_with_float32_parameters(tiny_config):
     batch = parallel.shard_batch(
         {"image": splits.arrays.images[idx], "mask": splits.arrays.masks[idx]}, mesh
     )
-    steps = train.create_steps(config, mesh)
+    steps = train.create_steps(config, mesh, 10)
     state = train.create_train_state(config, jax.random.key(0), 10)
     losses = []
     for _ in range(60):

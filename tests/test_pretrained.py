@@ -18,7 +18,7 @@ from segjax.config import ModelConfig
 from segjax.errors import UserError
 from segjax.models import create_model
 from segjax.models.encoders import EfficientNetLiteClassifier, ResNetClassifier
-from segjax.models.layers import depthwise_conv
+from segjax.models.layers import depthwise_conv, depthwise_native, depthwise_shifted
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = json.loads((DATA / "reference_logits.json").read_text())
@@ -182,16 +182,12 @@ def test_lite0_weights_do_not_fit_lite2_and_the_error_names_the_key():
 def test_shifted_depthwise_equals_the_grouped_convolution_with_gradients(stride, kernel):
     x = jax.random.normal(jax.random.key(0), (2, 11, 8, 6))
     w = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, 6))
-    native = lambda x, w: jax.lax.conv_general_dilated(
-        x,
-        w,
-        (stride, stride),
-        "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=6,
-    )
-    shifted = lambda x, w: depthwise_conv(x, w, stride)
+    native = lambda x, w: depthwise_native(x, w, stride)
+    shifted = lambda x, w: depthwise_shifted(x, w, stride)
     np.testing.assert_allclose(shifted(x, w), native(x, w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(
+        jax.jit(depthwise_conv, static_argnums=2)(x, w, stride), shifted(x, w)
+    )
     loss = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
     for a, b in zip(loss(shifted), loss(native), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -12,20 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segjax import data, postprocess, predict, rle, submission, train, tune
+from segjax import data, postprocess, predict, rle, runs, submission, train, tune
 from segjax.errors import UserError
 from segjax.postprocess import PostProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, demo_dir):
-    from tests.conftest import make_tiny_config
-
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train.train_and_tune(make_tiny_config(demo_dir), run_dir, progress=False)
-    return run_dir
 
 
 def read_rows(path):
@@ -196,3 +187,32 @@ def test_scripts_run_from_the_command_line(trained_run, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "cli.csv").exists()
     assert "tta=off postprocess=off" in result.stdout
+
+
+def listing(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_training_and_submitting_write_nothing_under_the_data_folder(demo_dir, tmp_path):
+    """As on Kaggle, where /kaggle/input is read-only (tests run as root, where permission
+    bits stop nothing: the folder's files, sizes and times are compared instead)."""
+    from tests.conftest import make_tiny_config
+
+    data_dir = tmp_path / "input"
+    shutil.copytree(demo_dir, data_dir)
+    before = listing(data_dir)
+    run_dir = tmp_path / "working" / "run"
+    train.train_and_tune(make_tiny_config(data_dir, epochs=1), run_dir, progress=False)
+    submission.make_submission(run_dir, out=tmp_path / "working/sub.csv", progress=False)
+    assert listing(data_dir) == before
+    assert (tmp_path / "working/sub.csv").exists()
+
+
+def test_an_unwritable_run_folder_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match=r"file/run: cannot write here .* --run-dir"):
+        runs.writable(blocker / "run")

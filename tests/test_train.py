@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from segjax import checkpoint, data, parallel, sources, train, writer
-from segjax.config import TrainConfig, replace
+from segjax.config import TrainConfig, load_config, replace
 from segjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def first_batch(config, n=4):
 def test_one_step(tiny_config):
     config, batch = first_batch(replace(tiny_config, train={"schedule": "constant"}))
     mesh = parallel.create_mesh()
-    steps = train.create_steps(config, mesh)
+    steps = train.create_steps(config, mesh, 10)
     state = train.create_train_state(config, jax.random.key(0), 10)
     before = jax.tree.map(np.asarray, state.params)
     state, out = steps.train(state, parallel.shard_batch(batch, mesh), jax.random.key(1))
@@ -54,7 +54,7 @@ def test_overfitting_a_fixed_batch_drives_the_loss_down(tiny_config):
     config = replace(tiny_config, train={"aug": "none", "schedule": "constant", "lr": 1e-2})
     config, batch = first_batch(config)
     mesh = parallel.create_mesh()
-    steps = train.create_steps(config, mesh)
+    steps = train.create_steps(config, mesh, 10)
     state = train.create_train_state(config, jax.random.key(0), 10)
     batch = parallel.shard_batch(batch, mesh)
     losses = []
@@ -327,7 +327,8 @@ def test_unet_valid_trains_and_previews_whole_images(demo_dir, tmp_path):
 
 
 def test_training_traces_each_step_function_once(demo_dir, tmp_path):
-    """Three epochs with validation and previews: no step is traced (so compiled) again."""
+    """Three epochs with validation and previews, planned by a time budget (which times the
+    steps on a throwaway state first): no step is traced (so compiled) again."""
     import collections
 
     import jax.monitoring
@@ -342,7 +343,8 @@ def test_training_traces_each_step_function_once(demo_dir, tmp_path):
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        train.fit(make_tiny_config(demo_dir, epochs=3), tmp_path / "run", progress=False)
+        config = make_tiny_config(demo_dir, epochs=3)
+        train.fit(config, tmp_path / "run", progress=False, time_budget=30)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert len(writer.read_metrics(tmp_path / "run" / "metrics.jsonl")) == 3
@@ -352,3 +354,68 @@ def test_training_traces_each_step_function_once(demo_dir, tmp_path):
         "eval_step": 1,
         "_probs": 1,
     }
+
+
+def test_plan_epochs_fits_whole_epochs_after_the_tuning_reserve():
+    assert train.plan_epochs(600, 50, 95, done=0, most=100) == 10  # (600 - 95) // 50
+    assert train.plan_epochs(600, 50, 95, done=0, most=4) == 4  # --epochs is smaller: it wins
+    assert train.plan_epochs(600, 50, 95, done=3, most=100) == 13  # a resume: 10 more
+    assert train.plan_epochs(20, 50, 95, done=0, most=100) == 1  # nothing fits: one epoch
+
+
+class StepClock:
+    """A clock that moves `step` seconds each time it is read."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_run_that_falls_behind_its_budget_stops_after_the_last_epoch_that_fits(
+    tiny_config, tmp_path, monkeypatch, capsys
+):
+    # Planning: 10 s an epoch, a 13.4 s reserve for tuning (10 + 3 x 1 s + 0.05 x 8 images);
+    # the clock reads 10 s later each time, so an epoch seems to take 10 s and the plan, at
+    # t = 10 of 60, is 3 epochs. After epoch 1 (t = 40), another would end past 60: stop.
+    monkeypatch.setattr(train, "_measure", lambda setup, state, clock: (10.0, 1.0))
+    config = replace(tiny_config, train={"epochs": 6})
+    row = train.fit(config, tmp_path / "run", progress=False, time_budget=1, clock=StepClock(10))
+    assert row["budget"] and row["epoch"] == 1
+    assert load_config(tmp_path / "run/config.json").train.epochs == 3  # the plan is saved
+    out = capsys.readouterr().out
+    assert "time budget 1 min: 3 epochs planned" in out
+    assert "time budget: stopping after epoch 1 of 3" in out
+
+
+def test_sigterm_mid_epoch_saves_the_position_and_resume_equals_never_stopping(
+    straight_run, tmp_path, monkeypatch
+):
+    """The signal arrives during step 11 (epoch 2, batch 3 of 8): the step finishes, the
+    checkpoint holds that position, and a new process resumes to the uninterrupted result."""
+    config, straight = straight_run
+    create = train.create_steps
+
+    def steps_that_signal(*args):
+        steps, calls = create(*args), []
+
+        def step(*a):
+            calls.append(1)
+            if len(calls) == 11:
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets a flag
+            return steps.train(*a)
+
+        return steps._replace(train=step)
+
+    monkeypatch.setattr(train, "create_steps", steps_that_signal)
+    run_dir = tmp_path / "stopped"
+    handler = signal.getsignal(signal.SIGTERM)
+    row = train.fit(config, run_dir, progress=False)
+    assert row["stopped"] == [1, 3] and row["epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
+    _, meta = final_state(config, run_dir)
+    assert meta["partial"] and meta["position"] == [1, 3]
+    subprocess_fit(config, run_dir, resume=True)
+    assert_same_run(config, straight, run_dir)

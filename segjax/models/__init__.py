@@ -106,3 +106,21 @@ def upgrade_layout(variables: dict, arch: str) -> dict:
         return out
 
     return {collection: split(dict(tree)) for collection, tree in variables.items()}
+
+
+def legacy_layout(variables: dict, arch: str) -> dict:
+    """The inverse of `upgrade_layout`: today's tree in segjax 0.1's flat module names."""
+
+    def flatten(tree: dict) -> dict:
+        if "encoder" not in tree:
+            return tree
+        out = dict(tree["decoder"])
+        depth = sum(name.startswith("down") for name in tree["encoder"])
+        for name, value in tree["encoder"].items():
+            if arch == "unetpp":
+                level = depth if name == "bottleneck" else int(name[len("down") :])
+                name = f"x{level}_0"
+            out[name] = value
+        return out
+
+    return {collection: flatten(dict(tree)) for collection, tree in variables.items()}

@@ -169,23 +169,20 @@ def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def depthwise_conv(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int) -> jax.Array:
-    """Depthwise convolution with "SAME" padding.
+def depthwise_native(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int):
+    return jax.lax.conv_general_dilated(
+        x_BxHxWxC,
+        kernel_KxKx1xC,
+        (stride, stride),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x_BxHxWxC.shape[-1],
+    )
 
-    On CPU it is a sum of k*k shifted, per-channel-scaled copies of the input: XLA:CPU's grouped
-    convolution is 25-50x slower than this form (benchmarks/depthwise.py). Elsewhere it is the
-    native grouped convolution. The two agree to float rounding (tested).
-    """
+
+def depthwise_shifted(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int):
+    """The sum of k*k shifted, per-channel-scaled copies of the input ("SAME" padding)."""
     k = kernel_KxKx1xC.shape[0]
-    if jax.default_backend() != "cpu":
-        return jax.lax.conv_general_dilated(
-            x_BxHxWxC,
-            kernel_KxKx1xC,
-            (stride, stride),
-            "SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=x_BxHxWxC.shape[-1],
-        )
     _, h, w, _ = x_BxHxWxC.shape
     pads = (tf_same_padding(h, k, stride), tf_same_padding(w, k, stride))
     x = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
@@ -199,6 +196,19 @@ def depthwise_conv(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int)
             term = tap * kernel_KxKx1xC[i, j][None, None]  # [1, 1, 1, C]: per channel
             out = term if out is None else out + term
     return out
+
+
+def depthwise_conv(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int) -> jax.Array:
+    """Depthwise convolution with "SAME" padding, in the form each platform runs fastest.
+
+    On CPU, a sum of k*k shifted, per-channel-scaled copies of the input: XLA:CPU's grouped
+    convolution is 25-50x slower than this form (PERF notes in the README). Elsewhere, the
+    native grouped convolution. Chosen when lowering (`jax.lax.platform_dependent`), so an
+    exported model carries both. The two agree to float rounding (tested).
+    """
+    native = functools.partial(depthwise_native, stride=stride)
+    shifted = functools.partial(depthwise_shifted, stride=stride)
+    return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKx1xC, cpu=shifted, default=native)
 
 
 class DepthwiseConv(nn.Module):
