@@ -117,8 +117,6 @@ SWITCHES = {  # boolean flags: flag -> (section, field, value, help)
     "double-conv": ("model", "double_conv", True, "four 3x3 convolutions per block"),
     "deep-supervision": ("model", "deep_supervision", True, "unetpp: average all heads"),
 }
-# Without --data-dir: a model and size that finish the synthetic demo in minutes on a laptop CPU.
-DEMO = {"image_size": (96, 96), "features": 16, "epochs": 20, "batch_size": 4, "lr": 2e-3}
 
 
 def _with_default(section: str, field: str, text: str) -> str:
@@ -128,9 +126,10 @@ def _with_default(section: str, field: str, text: str) -> str:
     if field in ("data_dir", "cache_dir", "init_from"):
         return text
     show = lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
-    default = show(getattr(getattr(Config(), section), field))
-    demo = f"; demo {show(DEMO[field])}" if field in DEMO else ""
-    return f"{text} (default {default}{demo})"
+    default = getattr(getattr(Config(), section), field)
+    demo = getattr(getattr(Config.demo(), section), field)
+    other = f"; demo {show(demo)}" if demo != default else ""
+    return f"{text} (default {show(default)}{other})"
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -220,17 +219,12 @@ def train_config(args: argparse.Namespace):
         "model": {},
         "train": {},
     }
-    if not args.data_dir:
-        sections["data"]["image_size"] = DEMO["image_size"]
-        sections["model"]["features"] = DEMO["features"]
-        sections["train"].update(
-            epochs=DEMO["epochs"], batch_size=DEMO["batch_size"], lr=DEMO["lr"]
-        )
     for (section, field), (_, value) in given_fields(args).items():
         sections[section][field] = value
     if sections["train"].get("precision") == "bf16":
         sections["model"]["dtype"] = "bfloat16"
-    return dataclasses.replace(replace(Config(), **sections), name=args.name or "")
+    base = Config() if args.data_dir else Config.demo()
+    return dataclasses.replace(replace(base, **sections), name=args.name or "")
 
 
 def _distributed_flags(parser: argparse.ArgumentParser) -> None:

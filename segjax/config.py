@@ -34,20 +34,22 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     arch: str = "unet"  # the decoder: a key of segjax.models.ARCHS
-    encoder: str = "scratch"  # a key of segjax.models.ENCODERS
+    encoder: str = "efficientnet-lite0"  # a key of segjax.models.ENCODERS ("scratch": UNet's own)
     encoder_weights: str = "imagenet"  # pretrained encoders: "imagenet", "none" or a file path
     encoder_bn: str = (
         "train"  # pretrained encoders' BatchNorm: "train" or "frozen" (ImageNet stats)
     )
     encoder_source: str = ""  # filled in when a run starts: the weights file read, its sha256
-    features: int = 32  # channels at full resolution, doubled at every level down
+    features: int = 16  # channels at full resolution, doubled at every level down
     depth: int = 4  # number of 2x2 poolings of the scratch encoder (pretrained encoders: 5)
     batch_norm: bool = True  # BatchNorm after every convolution
     dropout: float = 0.0  # dropout rate at the end of a block
     dropout_deep_only: bool = False  # dropout only in the two deepest levels (encoder and decoder)
     double_conv: bool = False  # four 3x3 convolutions per block instead of two
     activation: str = "relu"  # "relu" or "leaky_relu" (slope 0.01)
-    upsample: str = "transpose"  # "transpose" (2x2 stride-2 up-convolution) or "resize" (+ 1x1)
+    # "nearest" (2x, the block after it mixes channels), "transpose" (2x2 stride-2
+    # up-convolution) or "resize" (bilinear + 1x1)
+    upsample: str = "nearest"
     dtype: str = (
         "float32"  # compute dtype: "float32", "bfloat16" (params stay float32) or "float64"
     )
@@ -91,6 +93,15 @@ class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+
+    @classmethod
+    def demo(cls) -> Config:
+        """The synthetic demo's preset: a small scratch UNet that trains in minutes on a CPU."""
+        return cls(
+            data=DataConfig(image_size=(96, 96)),
+            model=ModelConfig(encoder="scratch", features=16, upsample="transpose"),
+            train=TrainConfig(epochs=20, batch_size=4, lr=2e-3),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/ccp_person"
 # CPU-friendly settings: about 10 minutes a run on 2 cores. 80/10/10 split as in the course.
 BASE = [
+    "--encoder",
+    "scratch",
+    "--upsample",
+    "transpose",
     "--image-size",
     "128x96",
     "--features",

@@ -144,7 +144,8 @@ def step_plateau(state: TrainState, config: TrainConfig, val_loss: float) -> Tra
     _, plateau = create_plateau(config).update(
         updates=jnp.zeros(()), state=state.plateau, value=jnp.asarray(val_loss)
     )
-    rate = jnp.asarray(config.lr * plateau.scale, jnp.float32)
+    old = _hyperparams(state.opt_state)["learning_rate"]
+    rate = jax.device_put(jnp.asarray(config.lr * plateau.scale, jnp.float32), old.sharding)
     return state.replace(plateau=plateau, opt_state=_with_learning_rate(state.opt_state, rate))
 
 
@@ -316,9 +317,9 @@ def fit(
     setup, state = _setup(config, Path(run_dir), resume=resume, overwrite=overwrite)
     setup, state, record, rows, partial = _start(setup, state, resume)
     setup, budget = _plan(setup, state, record, time_budget, started, clock)
-    state = state.replace(
-        schedule_steps=jnp.asarray(setup.config.train.epochs * setup.steps_per_epoch, jnp.int32)
-    )
+    steps = jnp.asarray(setup.config.train.epochs * setup.steps_per_epoch, jnp.int32)
+    # Placed as the rest of the state: a leaf on another sharding would retrace the step.
+    state = state.replace(schedule_steps=jax.device_put(steps, state.schedule_steps.sharding))
     if setup.lead:
         save_config(setup.config, setup.run_dir / "config.json")
     try:
@@ -368,6 +369,8 @@ def _start(setup: Setup, state: TrainState, resume: bool):
         for reason in skipped:
             print(f"warning: {reason}; resuming from epoch {step}", flush=True)
         record = {k: meta[k] for k in record}
+        if meta.get("partial"):
+            record["partial_losses"] = meta["partial_losses"]
         done = record["epoch"]
         rows = writer.trim_metrics(metrics_path, done) if setup.lead else []
         _report_schedule_change(meta["config"]["train"], setup.config.train, state, setup)
@@ -478,13 +481,14 @@ def _epochs(setup: Setup, state, record, rows, partial, stop_at_epoch, progress,
     train_rng = jax.random.fold_in(jax.random.key(tc.seed), 1)
     last_row: dict[str, Any] = rows[-1] if rows else {}
     start_epoch, start_index = record["position"]
+    carried = np.asarray(record.pop("partial_losses", []), np.float32)  # a stopped epoch's
     for epoch in range(start_epoch, min(tc.epochs, stop_at_epoch or tc.epochs)):
         if tc.early_stop and record["bad_epochs"] >= tc.early_stop:
             break
         if stop.is_set():  # between epochs: the last checkpoint already has this position
             break
         tic = budget.clock() if budget else 0.0
-        state, train_loss, seconds, index = _train_epoch(
+        state, losses, seconds, index = _train_epoch(
             setup.steps,
             state,
             setup.splits,
@@ -497,8 +501,10 @@ def _epochs(setup: Setup, state, record, rows, partial, stop_at_epoch, progress,
             progress and setup.lead,
             stop,
         )
+        losses, carried = np.concatenate([carried, losses]), carried[:0]
         if index < spe:  # stopped by a signal mid-epoch
-            return _save_stop(setup, state, record, epoch, index, partial, last_row)
+            return _save_stop(setup, state, record, epoch, index, partial, last_row, losses)
+        train_loss = float(np.mean(losses))
         images, start_index = (spe - start_index) * tc.batch_size, 0
         state, last_row = _close_epoch(
             setup, state, record, rows, epoch, train_loss, seconds, images, partial
@@ -553,9 +559,10 @@ def _close_epoch(setup, state, record, rows, epoch, train_loss, seconds, images,
     return state, row
 
 
-def _save_stop(setup: Setup, state, record, epoch, index, partial, last_row) -> dict:
-    """A signal stopped the loop after batch `index` of `epoch`: checkpoint that position."""
-    record = {**record, "position": [epoch, index]}
+def _save_stop(setup: Setup, state, record, epoch, index, partial, last_row, losses) -> dict:
+    """A signal stopped the loop after batch `index` of `epoch`: checkpoint that position and
+    the epoch's losses so far (so that the resumed epoch's mean loss is the same)."""
+    record = {**record, "position": [epoch, index], "partial_losses": losses.tolist()}
     meta = {
         **record,
         "partial": True,
@@ -603,8 +610,9 @@ def _report_schedule_change(saved: dict, tc: TrainConfig, state: TrainState, set
 def _train_epoch(steps, state, splits, tc, epoch, start_index, mesh, rng, manager, show, stop=None):
     """One epoch of updates from batch `start_index` on.
 
-    Returns (state, mean loss, seconds, the position reached): the position is the epoch's
-    batch count unless `stop` (an event) was set, which ends the epoch after the current step.
+    Returns (state, each step's loss, seconds, the position reached): the position is the
+    epoch's batch count unless `stop` (an event) was set, which ends the epoch after the
+    current step.
     """
     spe = data.steps_per_epoch(len(splits.train), tc.batch_size)
     bar = tqdm(
@@ -636,9 +644,9 @@ def _train_epoch(steps, state, splits, tc, epoch, start_index, mesh, rng, manage
                 position = index + 1
                 break
     bar.close()
-    loss = float(np.mean(jax.device_get(step_losses))) if step_losses else float("nan")
-    _check_finite(loss, epoch, spe, manager)
-    return state, loss, time.perf_counter() - tic, position
+    losses = np.asarray(jax.device_get(step_losses), np.float32).reshape(-1)
+    _check_finite(float(np.mean(losses)) if len(losses) else 0.0, epoch, spe, manager)
+    return state, losses, time.perf_counter() - tic, position
 
 
 def _log_epoch(run_dir: Path, rows: list[dict], seconds: float, images: int, curves: bool):

@@ -37,7 +37,9 @@ def make_tiny_config(data_dir: Path | str, **train) -> Config:
     return Config(
         name="tiny",
         data=DataConfig(data_dir=str(data_dir), image_size=(32, 32), val_fraction=0.2),
-        model=ModelConfig(arch="unet", features=4, depth=2),
+        model=ModelConfig(
+            arch="unet", encoder="scratch", features=4, depth=2, upsample="transpose"
+        ),
         train=dataclasses.replace(
             TrainConfig(batch_size=4, eval_batch_size=4, epochs=2, lr=3e-3, preview_count=2),
             **train,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from segjax import cli, runs
-from segjax.config import load_config, parse_size
+from segjax.config import Config, load_config, parse_size
 from segjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,12 +77,13 @@ def test_flags_map_onto_the_config():
 
 def test_without_data_dir_the_demo_preset_applies_unless_overridden():
     config = cli.train_config(cli.train_parser().parse_args([]))
-    assert config.data.data_dir == "" and config.data.image_size == cli.DEMO["image_size"]
-    assert config.model.features == cli.DEMO["features"]
+    demo = Config.demo()
+    assert config.data.data_dir == "" and config.data.image_size == demo.data.image_size
+    assert config.model == demo.model and config.train.epochs == demo.train.epochs
     config = cli.train_config(cli.train_parser().parse_args(["--features", "24"]))
     assert config.model.features == 24
     real = cli.train_config(cli.train_parser().parse_args(["--data-dir", "x"]))
-    assert real.data.image_size == (256, 256) and real.model.features == 32
+    assert real.data.image_size == (256, 256) and real.model == Config().model
 
 
 def test_parse_size():

@@ -300,6 +300,6 @@ def test_a_cache_folder_that_cannot_be_written_is_skipped_with_a_warning(tmp_pat
     _pair(tmp_path, "a")
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
-    with pytest.warns(data.DataWarning, match=r"cache: cannot cache decoded images there"):
+    with pytest.warns(data.DataWarning, match=r"cache/arrays: cannot cache decoded images there"):
         arrays = data.load(data.discover(tmp_path).train, (4, 4), cache_dir=blocker / "arrays")
     assert arrays.images.shape == (1, 4, 4, 3)

@@ -20,7 +20,7 @@ from segjax.models.encoders import ScratchEncoder
 from segjax.models.layers import UpConv, max_pool_2x2
 from segjax.models.unet import valid_input_length, valid_output_length
 
-TINY = dict(features=4, depth=2)
+TINY = dict(encoder="scratch", features=4, depth=2, upsample="transpose")
 
 
 def tiny(arch: str, **kw) -> ModelConfig:
@@ -96,7 +96,14 @@ def test_unet_valid_overlap_tile_is_the_bare_network_on_the_mirror_padded_image(
 
 
 def test_classic_2015_unet_has_31_030_593_parameters():
-    config = ModelConfig(arch="unet-valid", features=64, depth=4, batch_norm=False)
+    config = ModelConfig(
+        arch="unet-valid",
+        encoder="scratch",
+        features=64,
+        depth=4,
+        batch_norm=False,
+        upsample="transpose",
+    )
     model = create_model(config)
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.ones((1, 572, 572, 1)), train=False)
@@ -198,7 +205,7 @@ def test_dropout_only_in_training_and_batchnorm_modes():
 
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(UserError, match="unknown arch 'vnet'; choose one of"):
-        create_model(ModelConfig(arch="vnet"))
+        create_model(ModelConfig(arch="vnet", encoder="scratch"))
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])

@@ -185,8 +185,9 @@ def test_shifted_depthwise_equals_the_grouped_convolution_with_gradients(stride,
     native = lambda x, w: depthwise_native(x, w, stride)
     shifted = lambda x, w: depthwise_shifted(x, w, stride)
     np.testing.assert_allclose(shifted(x, w), native(x, w), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(
-        jax.jit(depthwise_conv, static_argnums=2)(x, w, stride), shifted(x, w)
+    # On CPU the platform-dependent function is the shifted form.
+    np.testing.assert_allclose(
+        jax.jit(depthwise_conv, static_argnums=2)(x, w, stride), shifted(x, w), atol=2e-6
     )
     loss = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
     for a, b in zip(loss(shifted), loss(native), strict=True):

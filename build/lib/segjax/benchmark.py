@@ -1,0 +1,274 @@
+"""Speed and memory of the train step and predict: images/s, GFLOP/s, data-wait, peak memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segjax import data, losses, parallel, predict, sources, train
+from segjax.config import Config, DataConfig, ModelConfig, TrainConfig
+from segjax.models import create_model
+
+
+def bench_config(
+    arch,
+    size,
+    features: int,
+    batch: int,
+    precision: str,
+    aug: str = "basic",
+    encoder: str = "scratch",
+    upsample: str = "transpose",
+):
+    return Config(
+        data=DataConfig(image_size=size, mean=(0.45,) * 3, std=(0.25,) * 3, normalize="dataset"),
+        model=ModelConfig(
+            arch=arch,
+            encoder=encoder,
+            upsample=upsample,
+            features=features,
+            dtype="bfloat16" if precision == "bf16" else "float32",
+        ),
+        train=TrainConfig(batch_size=batch, eval_batch_size=batch, aug=aug, precision=precision),
+    )
+
+
+def param_count(config: Config) -> int:
+    model = create_model(config.model)
+    h, w = config.data.image_size
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.ones((1, h, w, 3)), train=False)
+    )
+    return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+
+
+def forward_backward_gflops(config: Config, compile: bool = True) -> float:
+    """XLA's count of floating-point operations for forward + backward of one image.
+
+    `compile=False` counts on the lowered program (within 0.2% here, and no compilation).
+    """
+    model = create_model(config.model)
+    h, w = config.data.image_size
+    x = jnp.ones((1, h, w, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    masks = jnp.ones((1, h, w))
+
+    def loss(params, batch_stats):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return losses.bce(logits, masks) + losses.dice(logits, masks)
+
+    lowered = jax.jit(jax.grad(loss)).lower(variables["params"], variables.get("batch_stats", {}))
+    cost = None if compile else lowered.cost_analysis()  # None where a backend has no estimate
+    cost = cost or lowered.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan"))) / 1e9
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul throughput of the default device (the achievable peak)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / np.median(times) / 1e9
+
+
+def peak_memory_mb() -> float:
+    """Peak device memory where the backend reports it (GPU/TPU), else the process's peak RSS."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclasses.dataclass
+class Result:
+    arch: str
+    params: int
+    img_per_s: float
+    step_ms: float
+    gflops_per_img: float
+    achieved_gflops: float
+    data_wait: float
+    predict_img_per_s: float
+    peak_mb: float
+
+
+def bench_train(
+    config: Config, steps: int = 10, warmup: int = 2, gflops: float | None = None
+) -> Result:
+    """Median step time on staged batches, then the same loop feeding batches from host memory."""
+    tc = config.train
+    mesh = parallel.create_mesh()
+    fns = train.create_steps(config, mesh, 100)
+    state = jax.device_put(
+        train.create_train_state(config, jax.random.key(0), 100), parallel.replicated(mesh)
+    )
+    h, w = config.data.image_size
+    rng = np.random.default_rng(0)
+    pool = {
+        "image": rng.integers(0, 256, (4 * tc.batch_size, h, w, 3), dtype=np.uint8),
+        "mask": rng.integers(0, 2, (4 * tc.batch_size, h, w), dtype=np.uint8),
+    }
+    key = jax.random.key(1)
+
+    def host_batch(i):
+        idx = np.arange(i * tc.batch_size, (i + 1) * tc.batch_size) % len(pool["image"])
+        return parallel.shard_batch({k: v[idx] for k, v in pool.items()}, mesh)
+
+    staged = host_batch(0)
+    for _ in range(warmup):
+        state, out = fns.train(state, staged, key)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, out = fns.train(state, staged, key)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t)
+    compute = float(np.median(times))
+    t = time.perf_counter()
+    for i in range(steps):  # the training loop's pattern: no blocking between steps
+        state, out = fns.train(state, host_batch(i), key)
+    jax.block_until_ready(out)
+    fed = (time.perf_counter() - t) / steps
+    predict_fn = functools.partial(
+        predict.create_predict_fn(config, mesh, tta=False),
+        {"params": state.params, "batch_stats": state.batch_stats},
+    )
+    predict_fn(staged["image"]).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(3):
+        predict_fn(staged["image"]).block_until_ready()
+    predict_s = (time.perf_counter() - t) / 3
+    gflops = gflops if gflops is not None else forward_backward_gflops(config)
+    return Result(
+        arch=config.model.arch,
+        params=param_count(config),
+        img_per_s=tc.batch_size / compute,
+        step_ms=compute * 1e3,
+        gflops_per_img=gflops,
+        achieved_gflops=gflops * tc.batch_size / compute,
+        data_wait=max(0.0, 1.0 - compute / fed),
+        predict_img_per_s=tc.batch_size / predict_s,
+        peak_mb=peak_memory_mb(),
+    )
+
+
+def bench_loop(config: Config, steps: int = 30) -> dict[str, float]:
+    """Loop efficiency: the real training loop's steps/s over the bare jitted step's.
+
+    (a) the train step, with the config's augmentation, on one device-resident batch; (b) the
+    loop that `fit` runs (`train._train_epoch`: gathering from decoded arrays, feeding, loss
+    read-back, progress bar) over `steps` batches of in-memory images. Each is timed after a
+    warm-up pass that compiles it.
+    """
+    import contextlib
+    import io
+
+    tc = config.train
+    mesh = parallel.create_mesh()
+    fns = train.create_steps(config, mesh, 100)
+    state = jax.device_put(
+        train.create_train_state(config, jax.random.key(0), steps), parallel.replicated(mesh)
+    )
+    h, w = config.data.image_size
+    rng = np.random.default_rng(0)
+    n = steps * tc.batch_size
+    arrays = data.Arrays(
+        tuple(f"{i}.png" for i in range(n)),
+        rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8),
+        rng.integers(0, 2, (n, h, w), dtype=np.uint8),
+        np.full((n, 2), (h, w), np.int32),
+    )
+    splits = sources.Splits(arrays, np.arange(n), np.arange(0), np.arange(0))
+    key = jax.random.key(1)
+    batch = parallel.shard_batch(
+        {"image": arrays.images[: tc.batch_size], "mask": arrays.masks[: tc.batch_size]}, mesh
+    )
+    for _ in range(2):
+        state, out = fns.train(state, batch, key)
+    jax.block_until_ready(out)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, out = fns.train(state, batch, key)
+    jax.block_until_ready(out)
+    bare = steps / (time.perf_counter() - t)
+    loop = 0.0
+    with contextlib.redirect_stderr(io.StringIO()):  # the progress bar is drawn, not shown
+        for epoch in range(2):  # the first pass compiles nothing new but warms the feeder
+            t = time.perf_counter()
+            state, _, _, _ = train._train_epoch(
+                fns, state, splits, tc, epoch, 0, mesh, key, None, True
+            )
+            jax.block_until_ready(state.params)
+            loop = steps / (time.perf_counter() - t)
+    return {"loop_steps_per_s": loop, "bare_steps_per_s": bare, "efficiency": loop / bare}
+
+
+def format_results(results: list[Result], peak: float | None) -> str:
+    head = (
+        f"{'arch':11s} {'params':>10s} {'img/s':>7s} {'step ms':>8s} {'GFLOP/img':>9s} "
+        f"{'GFLOP/s':>8s} {'of peak':>7s} {'wait':>6s} {'pred img/s':>10s} {'peak MB':>8s}"
+    )
+    lines = [head]
+    for r in results:
+        share = f"{r.achieved_gflops / peak:7.1%}" if peak else f"{'-':>7s}"
+        lines.append(
+            f"{r.arch:11s} {r.params:10,d} {r.img_per_s:7.2f} {r.step_ms:8.0f} "
+            f"{r.gflops_per_img:9.1f} {r.achieved_gflops:8.1f} {share} {r.data_wait:6.1%} "
+            f"{r.predict_img_per_s:10.2f} {r.peak_mb:8.0f}"
+        )
+    return "\n".join(lines)
+
+
+def compare_torch(results: list[Result], size, features: int, batch: int, steps: int) -> str:
+    """Run the PyTorch reference (eager, then torch.compile) and set it beside segjax's unet."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pytorch_reference.py"
+    unet = next((r for r in results if r.arch == "unet"), None)
+    if unet is None or size[0] != size[1] or not script.exists():
+        return "PyTorch comparison: needs --arch unet, a square size and benchmarks/"
+    lines = [f"{'unet train step':32s} {'img/s':>7s} {'segjax / it':>11s}"]
+    lines.append(f"{'segjax (JAX)':32s} {unet.img_per_s:7.2f} {1.0:11.2f}")
+    for extra, label in (
+        ([], "PyTorch channels_last eager"),
+        (["--compile"], "PyTorch channels_last compile"),
+    ):
+        cmd = [
+            sys.executable,
+            str(script),
+            "--image-size",
+            str(size[0]),
+            "--features",
+            str(features),
+            "--batch-size",
+            str(batch),
+            "--steps",
+            str(steps),
+            *extra,
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["failed"])[-1]
+            lines.append(f"{label:32s} failed: {tail}")
+            continue
+        torch_ips = json.loads(done.stdout.strip().splitlines()[-1])["img_per_s"]
+        lines.append(f"{label:32s} {torch_ips:7.2f} {unet.img_per_s / torch_ips:11.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""A run's prediction function serialised with `jax.export`: it runs without segjax or flax.
+
+The exported function takes uint8 images [b, H, W, C] at the training size (b symbolic) and
+returns float32 person probabilities [b, H, W]: normalisation, the network with its weights,
+and flip TTA as tuned are all inside. A JSON beside it says what a caller needs to finish
+(threshold, post-processing, the size to resize to). `tools/run_exported.py` loads it with
+only jax, numpy and flatbuffers installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from segjax import predict, tune
+from segjax.errors import UserError
+from segjax.models import create_model
+from segjax.postprocess import PostProcess
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    which: str = "best",
+    tta: bool | None = None,
+    platforms: tuple[str, ...] = PLATFORMS,
+) -> dict:
+    """Write `out` (the serialised function) and `out.json`; return that JSON's content.
+
+    A platform that the model does not lower for is left out (and named in the JSON).
+    """
+    out = Path(out)
+    loaded = predict.load_run(run_dir, which)
+    config = loaded.config
+    tuned = tune.load_tuned(run_dir)
+    params, tuned_tta = tuned if tuned else (PostProcess(), False)
+    tta = tuned_tta if tta is None else tta
+    variables = jax.device_get(loaded.variables)  # constants of the function, on no mesh
+    model = create_model(config.model)
+
+    def probabilities(images_u8: jax.Array) -> jax.Array:
+        return predict._probs(
+            variables, images_u8, model=model, mean=config.data.mean, std=config.data.std, tta=tta
+        )
+
+    h, w = config.data.image_size
+    (batch,) = jax.export.symbolic_shape("b")
+    spec = jax.ShapeDtypeStruct((batch, h, w, config.data.channels), jnp.uint8)
+    exported, skipped = _export(probabilities, spec, platforms)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(exported.serialize())
+    os.replace(tmp, out)
+    record = {
+        "function": "uint8 images [b, H, W, C] -> float32 probabilities [b, H, W]",
+        "image_size": [h, w],
+        "channels": config.data.channels,
+        "normalization": {"mean": list(config.data.mean), "std": list(config.data.std)},
+        "tta": tta,
+        "postprocess": dataclasses.asdict(params),
+        "checkpoint": loaded.step,
+        "run_dir": str(run_dir),
+        "platforms": list(exported.platforms),
+        "not_exported_for": skipped,
+        "jax_version": jax.__version__,
+        "note": "resize probabilities (bilinear) to the image's size, then threshold; needs this "
+        "jax version or newer, numpy and flatbuffers",
+    }
+    meta = out.with_name(out.name + ".json")
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, meta)
+    return record
+
+
+def _export(fn, spec, platforms: tuple[str, ...]):
+    """Export for all `platforms`; drop the ones that do not lower, one at a time."""
+    skipped: list[str] = []
+    wanted = list(platforms)
+    while wanted:
+        try:
+            return jax.export.export(jax.jit(fn), platforms=tuple(wanted))(spec), skipped
+        except Exception as err:  # lowering rules raise many kinds for an unsupported platform
+            culprit = next((p for p in wanted if p in str(err).lower()), wanted[-1])
+            if culprit == "cpu":
+                raise
+            wanted.remove(culprit)
+            skipped.append(f"{culprit}: {str(err).splitlines()[0][:200]}")
+    raise UserError("the model could not be exported for any platform")

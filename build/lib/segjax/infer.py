@@ -1,0 +1,163 @@
+"""Masks for any images: files or folders in, PNG masks (and overlays, probability maps) out.
+
+The same prediction path as the submission: one jitted function, batched and padded, TTA and
+post-processing as tuned, probabilities resized to each image's original size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from segjax import data, postprocess, predict, tune, viz
+from segjax.errors import UserError
+from segjax.postprocess import PostProcess
+
+CHUNK = 256  # images decoded at a time: memory stays bounded for any folder
+
+
+class Report(NamedTuple):
+    written: int  # masks written
+    failed: list[str]  # input files that could not be read, with the reason
+    out: Path
+
+
+def collect(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named directly or found in the given folders (sorted, not recursive).
+
+    A folder's system files are skipped; two inputs with one stem would write one mask: error.
+    """
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += [
+                p
+                for p in sorted(item.iterdir())
+                if p.is_file()
+                and p.suffix.lower() in data.IMAGE_EXTENSIONS
+                and p.name not in data.JUNK
+                and not p.name.startswith(".")
+            ]
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    if not files:
+        raise UserError(f"no images in {', '.join(map(str, inputs))}")
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen and seen[path.stem] != path:
+            raise UserError(
+                f"{seen[path.stem]} and {path} would both write {path.stem}.png: predict them "
+                "into different --out folders"
+            )
+        seen[path.stem] = path
+    return list(dict.fromkeys(files))
+
+
+def outputs(path: Path, out: Path, overlay: bool, probs: bool) -> list[Path]:
+    names = [f"{path.stem}.png"]
+    names += [f"{path.stem}_overlay.png"] * overlay + [f"{path.stem}_prob.png"] * probs
+    return [out / name for name in names]
+
+
+def _decode(paths: Sequence[Path], size, grayscale: bool):
+    """(decoded uint8 images at `size`, original images as RGB uint8, kept paths, failures)."""
+    images, originals, kept, failed = [], [], [], []
+    for path in paths:
+        try:
+            image = data.read_image(path, grayscale)
+        except data.DataError as err:
+            failed.append(str(err))
+            continue
+        resized = np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+        images.append(resized[..., None] if resized.ndim == 2 else resized)
+        originals.append(np.asarray(image.convert("RGB")))
+        kept.append(path)
+    return images, originals, kept, failed
+
+
+def _write_png(array: np.ndarray, path: Path) -> None:
+    """Written under a temporary name, then renamed: never half a file."""
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(array).save(tmp)
+    os.replace(tmp, path)
+
+
+def predict_files(
+    run_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    which: str = "best",
+    batch_size: int | None = None,
+    tta: bool | None = None,
+    threshold: float | None = None,
+    use_postprocess: bool = True,
+    overlay: bool = False,
+    probs: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> Report:
+    """Write `<out>/<stem>.png` (0/255) for every input image, at its original size.
+
+    Unreadable files are skipped and returned in `failed`; existing outputs are an error
+    unless `force`.
+    """
+    paths, out = collect(inputs), Path(out)
+    taken = [o for p in paths for o in outputs(p, out, overlay, probs) if o.exists()]
+    if taken and not force:
+        shown = ", ".join(map(str, taken[:5])) + (" ..." if len(taken) > 5 else "")
+        raise UserError(f"{len(taken)} outputs exist already ({shown}): add --force to replace")
+    loaded = predict.load_run(run_dir, which)
+    config = loaded.config
+    tuned = tune.load_tuned(run_dir)
+    params, tuned_tta = tuned if tuned else (PostProcess(), False)
+    if threshold is not None:
+        params = dataclasses.replace(params, threshold=threshold)
+    tta = tuned_tta if tta is None else tta
+    batch = batch_size or config.train.eval_batch_size
+    out.mkdir(parents=True, exist_ok=True)
+    failed, written = [], 0
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(paths), CHUNK):
+        chunk = paths[start : start + CHUNK]
+        images, originals, kept, bad = _decode(chunk, config.data.image_size, config.data.grayscale)
+        failed += bad
+        if images:
+            for idx, prob_batch in predict.iterate_probs(loaded, np.stack(images), batch, tta):
+                for i, prob in zip(idx, prob_batch, strict=True):
+                    _write_outputs(
+                        kept[i], originals[i], prob, params, use_postprocess, out, overlay, probs
+                    )
+                    written += 1
+        bar.update(len(chunk))
+    bar.close()
+    return Report(written, failed, out)
+
+
+def _write_outputs(path, original, prob, params, use_postprocess, out, overlay, probs) -> None:
+    size = original.shape[:2]
+    full = predict.resize_prob(prob, size)
+    mask = postprocess.apply(full, params, use_postprocess)
+    _write_png(mask.astype(np.uint8) * 255, out / f"{path.stem}.png")
+    if overlay:
+        _write_png(viz.overlay(original, mask, viz.PRED), out / f"{path.stem}_overlay.png")
+    if probs:
+        prob_u8 = np.clip(np.round(full * 255.0), 0, 255).astype(np.uint8)
+        _write_png(prob_u8, out / f"{path.stem}_prob.png")
+
+
+def report_failures(report: Report) -> int:
+    """Print the unreadable files; the exit status: 1 if any, else 0."""
+    for line in report.failed:
+        print(f"skipped: {line}", file=sys.stderr)
+    return 1 if report.failed else 0

@@ -1,0 +1,98 @@
+"""Pure segmentation losses of logits [B, H, W, 1] against {0, 1} masks [B, H, W]; scalar means."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from segjax.config import TrainConfig
+
+SMOOTH = 1.0  # added to the numerator and denominator of Dice/Tversky: empty vs empty = no loss
+
+
+def _flat(logits_BxHxWx1: jax.Array, masks_BxHxW: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits = logits_BxHxWx1.reshape(logits_BxHxWx1.shape[0], -1).astype(jnp.float32)
+    return logits, masks_BxHxW.reshape(masks_BxHxW.shape[0], -1).astype(jnp.float32)
+
+
+def bce(logits, masks, pos_weight: float = 1.0, weights=None) -> jax.Array:
+    """Binary cross-entropy; person pixels weighted by `pos_weight`, pixels by `weights`."""
+    x, y = _flat(logits, masks)
+    per_pixel = pos_weight * y * jax.nn.softplus(-x) + (1.0 - y) * jax.nn.softplus(x)
+    if weights is not None:
+        per_pixel = per_pixel * weights.reshape(per_pixel.shape)
+    return jnp.mean(per_pixel)
+
+
+def _tversky_index(logits, masks, alpha: float, beta: float) -> jax.Array:
+    """Per-image (TP + s) / (TP + alpha FN + beta FP + s) on probabilities; [B]."""
+    x, y = _flat(logits, masks)
+    p = jax.nn.sigmoid(x)
+    tp = jnp.sum(p * y, axis=1)
+    fn = jnp.sum((1.0 - p) * y, axis=1)
+    fp = jnp.sum(p * (1.0 - y), axis=1)
+    return (tp + SMOOTH) / (tp + alpha * fn + beta * fp + SMOOTH)
+
+
+def dice(logits, masks) -> jax.Array:
+    """1 - soft Dice per image, averaged over the batch (Tversky with alpha = beta = 0.5)."""
+    return jnp.mean(1.0 - _tversky_index(logits, masks, 0.5, 0.5))
+
+
+def tversky(logits, masks, alpha: float = 0.7, beta: float = 0.3) -> jax.Array:
+    return jnp.mean(1.0 - _tversky_index(logits, masks, alpha, beta))
+
+
+def focal_tversky(logits, masks, alpha=0.7, beta=0.3, gamma=0.75) -> jax.Array:
+    """(1 - Tversky index) ** gamma per image, averaged (Abraham & Khan 2019)."""
+    return jnp.mean((1.0 - _tversky_index(logits, masks, alpha, beta)) ** gamma)
+
+
+def focal(logits, masks, alpha: float | None = 0.25, gamma: float = 2.0) -> jax.Array:
+    x, y = _flat(logits, masks)
+    return jnp.mean(optax.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma))
+
+
+def edge_weights(masks_BxHxW: jax.Array, width: int = 3) -> jax.Array:
+    """1 in a band of `width` pixels around the mask boundary (dilation - erosion), else 0."""
+    m = masks_BxHxW.astype(jnp.float32)[..., None]
+    window, pad = (1, 2 * width + 1, 2 * width + 1, 1), "SAME"
+    dilated = jax.lax.reduce_window(m, 0.0, jax.lax.max, window, (1, 1, 1, 1), pad)
+    eroded = -jax.lax.reduce_window(-m, -1.0, jax.lax.max, window, (1, 1, 1, 1), pad)
+    return (dilated - eroded)[..., 0]
+
+
+def edge_bce_dice(logits, masks, pos_weight=1.0, edge_weight=4.0) -> jax.Array:
+    """BCE with pixels near the boundary weighted 1 + edge_weight, plus Dice."""
+    weights = 1.0 + edge_weight * edge_weights(masks)
+    return bce(logits, masks, pos_weight, weights) + dice(logits, masks)
+
+
+LOSSES = ("bce", "dice", "bce_dice", "focal", "tversky", "focal_tversky", "edge_bce_dice")
+
+
+def create_loss(config: TrainConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The configured loss as a function of (logits, masks)."""
+    c = config
+    table = {
+        "bce": functools.partial(bce, pos_weight=c.pos_weight),
+        "dice": dice,
+        "bce_dice": lambda x, y: bce(x, y, c.pos_weight) + dice(x, y),
+        "focal": functools.partial(
+            focal, alpha=c.focal_alpha if c.focal_alpha >= 0 else None, gamma=c.focal_gamma
+        ),
+        "tversky": functools.partial(tversky, alpha=c.tversky_alpha, beta=c.tversky_beta),
+        "focal_tversky": functools.partial(
+            focal_tversky, alpha=c.tversky_alpha, beta=c.tversky_beta, gamma=c.tversky_gamma
+        ),
+        "edge_bce_dice": functools.partial(
+            edge_bce_dice, pos_weight=c.pos_weight, edge_weight=c.edge_weight
+        ),
+    }
+    if c.loss not in table:
+        raise ValueError(f"unknown loss {c.loss!r}; choose one of {', '.join(LOSSES)}")
+    return table[c.loss]

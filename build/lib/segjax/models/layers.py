@@ -1,0 +1,244 @@
+"""Building blocks shared by the UNet family: conv blocks, up-convolutions, attention gates."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "leaky_relu": functools.partial(nn.leaky_relu, negative_slope=0.01),
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+
+def param_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    """Parameters stay float32 under bfloat16 compute (float64 only for gradient checks)."""
+    return jnp.float64 if dtype == jnp.float64 else jnp.float32
+
+
+def center_crop(x_BxHxWxC: jax.Array, height: int, width: int) -> jax.Array:
+    """The central height x width window (the 2015 UNet's skip cropping)."""
+    top = (x_BxHxWxC.shape[1] - height) // 2
+    left = (x_BxHxWxC.shape[2] - width) // 2
+    return x_BxHxWxC[:, top : top + height, left : left + width]
+
+
+def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 (an odd last row or column is dropped, as VALID pooling).
+
+    The same values as `nn.max_pool(x, (2, 2), strides=(2, 2))`, written as a reshape and a max:
+    its gradient is an elementwise mask, where XLA:CPU turns `nn.max_pool`'s select-and-scatter
+    gradient into a scatter that took twice as long. Tied maxima share the gradient (with ReLU
+    before the pooling, ties are zeros, whose gradient ReLU discards).
+    """
+    b, h, w, c = x_BxHxWxC.shape
+    x = x_BxHxWxC[:, : h - h % 2, : w - w % 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def depth_to_space(x_BxHxWx4C: jax.Array) -> jax.Array:
+    """[B, H, W, 2*2*C] -> [B, 2H, 2W, C], channel index (a, b, c) going to pixel (2i+a, 2j+b)."""
+    b, h, w, c4 = x_BxHxWx4C.shape
+    x = x_BxHxWx4C.reshape(b, h, w, 2, 2, c4 // 4)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, c4 // 4)
+
+
+class UpConv(nn.Module):
+    """2x2 stride-2 up-convolution as a 1x1 convolution to 4x the channels + depth-to-space.
+
+    The same function and parameter count as `nn.ConvTranspose(features, (2, 2), strides=(2, 2))`
+    (kernel [1, 1, C, 2*2*F] holds the transposed kernel [2, 2, C, F]; the bias is shared over the
+    four positions), but its gradient avoids XLA:CPU's slow transposed-convolution path.
+    """
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pdtype = param_dtype(self.dtype)
+        y = nn.Conv(
+            4 * self.features,
+            (1, 1),
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=pdtype,
+            name="kernel4",
+        )(x)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), pdtype)
+        return depth_to_space(y) + bias.astype(self.dtype).reshape(1, 1, 1, -1)
+
+
+class ResizeUp(nn.Module):
+    """Bilinear 2x upsampling + 1x1 convolution (done first, at low resolution: they commute)."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.Conv(self.features, (1, 1), dtype=self.dtype, param_dtype=param_dtype(self.dtype))(x)
+        b, h, w, c = y.shape
+        return jax.image.resize(y, (b, 2 * h, 2 * w, c), "bilinear").astype(self.dtype)
+
+
+class ConvBlock(nn.Module):
+    """`convs` 3x3 convolutions, each + BatchNorm + activation; optional residual; dropout last."""
+
+    features: int
+    convs: int = 2
+    padding: str = "SAME"
+    batch_norm: bool = True
+    dropout: float = 0.0
+    activation: str = "relu"
+    residual: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        pdtype = param_dtype(self.dtype)
+        conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=pdtype)
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            dtype=self.dtype,
+            param_dtype=pdtype,
+        )
+        shortcut = x
+        for i in range(self.convs):
+            x = conv(self.features, (3, 3), padding=self.padding, use_bias=not self.batch_norm)(x)
+            if self.batch_norm:
+                x = norm()(x)
+            if not (self.residual and i == self.convs - 1):
+                x = act(x)
+        if self.residual:
+            if shortcut.shape[-1] != self.features:
+                shortcut = conv(self.features, (1, 1), use_bias=not self.batch_norm)(shortcut)
+                if self.batch_norm:
+                    shortcut = norm()(shortcut)
+            x = act(x + center_crop(shortcut, x.shape[1], x.shape[2]))
+        if self.dropout > 0:
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return x
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate (Oktay et al. 2018): the skip scaled by a learned [0, 1] map.
+
+    The gating signal is the upsampled decoder feature at the skip's resolution.
+    """
+
+    features: int
+    batch_norm: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, gate: jax.Array, skip: jax.Array, *, train: bool) -> jax.Array:
+        pdtype = param_dtype(self.dtype)
+
+        def project(x, features, name):
+            x = nn.Conv(features, (1, 1), dtype=self.dtype, param_dtype=pdtype, name=name)(x)
+            if self.batch_norm:
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=0.9,
+                    dtype=self.dtype,
+                    param_dtype=pdtype,
+                    name=name + "_bn",
+                )(x)
+            return x
+
+        joint = nn.relu(
+            project(gate, self.features, "w_gate") + project(skip, self.features, "w_skip")
+        )
+        alpha = nn.sigmoid(project(joint, 1, "psi"))
+        return skip * alpha
+
+
+def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding of one axis (the extra pixel goes after), as flax "SAME"."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def depthwise_native(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int):
+    return jax.lax.conv_general_dilated(
+        x_BxHxWxC,
+        kernel_KxKx1xC,
+        (stride, stride),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x_BxHxWxC.shape[-1],
+    )
+
+
+def depthwise_shifted(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int):
+    """The sum of k*k shifted, per-channel-scaled copies of the input ("SAME" padding)."""
+    k = kernel_KxKx1xC.shape[0]
+    _, h, w, _ = x_BxHxWxC.shape
+    pads = (tf_same_padding(h, k, stride), tf_same_padding(w, k, stride))
+    x = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
+    oh, ow = -(-h // stride), -(-w // stride)
+    out = None
+    for i in range(k):
+        for j in range(k):
+            tap = x[
+                :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
+            ]
+            term = tap * kernel_KxKx1xC[i, j][None, None]  # [1, 1, 1, C]: per channel
+            out = term if out is None else out + term
+    return out
+
+
+def depthwise_conv(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int) -> jax.Array:
+    """Depthwise convolution with "SAME" padding, in the form each platform runs fastest.
+
+    On CPU, a sum of k*k shifted, per-channel-scaled copies of the input: XLA:CPU's grouped
+    convolution is 25-50x slower than this form (PERF notes in the README). Elsewhere, the
+    native grouped convolution. Chosen when lowering (`jax.lax.platform_dependent`), so an
+    exported model carries both. The two agree to float rounding (tested).
+    """
+    native = functools.partial(depthwise_native, stride=stride)
+    shifted = functools.partial(depthwise_shifted, stride=stride)
+    return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKx1xC, cpu=shifted, default=native)
+
+
+class DepthwiseConv(nn.Module):
+    """A k x k depthwise convolution without bias; kernel [k, k, 1, C] as `nn.Conv` groups."""
+
+    kernel_size: int
+    strides: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel_size, self.kernel_size, 1, x.shape[-1])
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        kernel = self.param("kernel", init, shape, param_dtype(self.dtype))
+        return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides)
+
+
+def upsample_nearest(x_BxHxWxC: jax.Array) -> jax.Array:
+    """2x nearest-neighbour upsampling."""
+    return jnp.repeat(jnp.repeat(x_BxHxWxC, 2, axis=1), 2, axis=2)
+
+
+class NearestUp(nn.Module):
+    """2x nearest-neighbour upsampling, channels unchanged (the block after it mixes them)."""
+
+    features: int  # unused: the same signature as the other upsamplers
+    dtype: jnp.dtype = jnp.float32
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return upsample_nearest(x)
+
+
+UPSAMPLERS = {"transpose": UpConv, "resize": ResizeUp, "nearest": NearestUp}

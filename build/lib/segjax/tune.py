@@ -1,0 +1,98 @@
+"""Search threshold, post-processing and TTA for the best mean Dice on the validation split."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from segjax import metrics, postprocess
+from segjax.postprocess import PostProcess
+
+THRESHOLDS = tuple(np.round(np.arange(0.3, 0.701, 0.05), 2).tolist())
+OPEN_RADII = (0.0, 0.008, 0.016)  # fractions of the shorter side: 0, 2 and 4 px at 256
+MIN_AREAS = (0.0, 0.002, 0.005, 0.01)  # fractions of the image: 0 to 655 px at 256x256
+FILL_HOLES = (False, True)
+
+
+def mean_dice(probs: np.ndarray, masks: np.ndarray, params: PostProcess, pool=None) -> float:
+    """Per-image mean Dice of post-processed predictions (both empty = 1)."""
+
+    def counts(i):
+        return metrics.confusion_counts_np(postprocess.apply(probs[i], params), masks[i])
+
+    mapper = pool.map if pool is not None else map
+    return float(metrics.per_image_dice(np.stack(list(mapper(counts, range(len(probs)))))).mean())
+
+
+def search(probs: np.ndarray, masks: np.ndarray, top: int = 2) -> tuple[PostProcess, dict]:
+    """Thresholds first (no morphology), then morphology around the `top` best thresholds.
+
+    Sizes are fractions of the image, so what is tuned at the training size carries over to
+    the original size of the test images.
+    """
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        by_threshold = {t: mean_dice(probs, masks, PostProcess(t), pool) for t in THRESHOLDS}
+        best_t = sorted(by_threshold, key=lambda t: (-by_threshold[t], abs(t - 0.5)))[:top]
+        results = {PostProcess(t): by_threshold[t] for t in best_t}
+        for t, r, a, f in itertools.product(best_t, OPEN_RADII, MIN_AREAS, FILL_HOLES):
+            params = PostProcess(t, r, a, f)
+            if params.active:
+                results[params] = mean_dice(probs, masks, params, pool)
+    # Ties go to the simpler setting (fewer operations), then the threshold nearest 0.5.
+    best = max(
+        results, key=lambda p: (round(results[p], 6), -_complexity(p), -abs(p.threshold - 0.5))
+    )
+    report = {
+        "dice_at_0.5": by_threshold.get(0.5, float("nan")),
+        "dice_by_threshold": {str(t): d for t, d in by_threshold.items()},
+        "dice_tuned": results[best],
+        "dice_threshold_only": max(by_threshold.values()),
+    }
+    return best, report
+
+
+def _complexity(p: PostProcess) -> int:
+    return int(p.open_radius > 0) + int(p.min_area > 0) + int(p.fill_holes) + int(p.keep_largest)
+
+
+def save_tuned(path: str | os.PathLike, params: PostProcess, tta: bool, extra: dict) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(".json.tmp")
+    record = {"postprocess": dataclasses.asdict(params), "tta": tta, **extra}
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load_tuned(run_dir: str | os.PathLike) -> tuple[PostProcess, bool] | None:
+    """(post-processing, TTA) from a run's tuned.json, or None when it was never tuned."""
+    path = Path(run_dir) / "tuned.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return PostProcess(**record["postprocess"]), bool(record["tta"])
+
+
+def tune_run(run_dir: str | os.PathLike, which: str = "best") -> dict:
+    """Predict the validation split (with and without flip TTA), search, write tuned.json."""
+    from segjax import predict, sources
+
+    loaded = predict.load_run(run_dir, which)
+    config, splits = sources.load_splits(loaded.config)
+    images = splits.arrays.images[splits.val]
+    masks = np.asarray(splits.arrays.masks[splits.val])
+    best = None
+    for tta in (False, True):
+        probs = predict.predict_all(loaded, images, config.train.eval_batch_size, tta)
+        params, report = search(probs, masks)
+        if best is None or report["dice_tuned"] > best[2]["dice_tuned"] + 1e-6:
+            best = (params, tta, report)
+    params, tta, report = best
+    extra = {"checkpoint": loaded.step, "val_images": len(splits.val), **report}
+    save_tuned(Path(run_dir) / "tuned.json", params, tta, extra)
+    return {"postprocess": dataclasses.asdict(params), "tta": tta, **extra}
