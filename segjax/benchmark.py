@@ -234,8 +234,11 @@ def format_results(results: list[Result], peak: float | None) -> str:
     return "\n".join(lines)
 
 
-def compare_torch(results: list[Result], size, features: int, batch: int, steps: int) -> str:
-    """Run the PyTorch reference (eager, then torch.compile) and set it beside segjax's unet."""
+def compare_torch(
+    results: list[Result], size, features: int, batch: int, steps: int, encoder: str = "scratch"
+) -> str:
+    """Run the PyTorch reference (eager, then torch.compile) beside segjax's `unet`: the scratch
+    UNet, or with `encoder="efficientnet-lite0"` the Lite0 UNet (SMP-like decoder)."""
     import json
     import subprocess
     import sys
@@ -243,9 +246,10 @@ def compare_torch(results: list[Result], size, features: int, batch: int, steps:
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "pytorch_reference.py"
     unet = next((r for r in results if r.arch == "unet"), None)
-    if unet is None or size[0] != size[1] or not script.exists():
-        return "PyTorch comparison: needs --arch unet, a square size and benchmarks/"
-    lines = [f"{'unet train step':32s} {'img/s':>7s} {'segjax / it':>11s}"]
+    model = {"scratch": "unet", "efficientnet-lite0": "lite0"}.get(encoder)
+    if unet is None or model is None or not script.exists():
+        return "PyTorch comparison: needs --arch unet, --encoder scratch or efficientnet-lite0"
+    lines = [f"{model + ' train step':32s} {'img/s':>7s} {'segjax / it':>11s}"]
     lines.append(f"{'segjax (JAX)':32s} {unet.img_per_s:7.2f} {1.0:11.2f}")
     for extra, label in (
         ([], "PyTorch channels_last eager"),
@@ -254,8 +258,10 @@ def compare_torch(results: list[Result], size, features: int, batch: int, steps:
         cmd = [
             sys.executable,
             str(script),
+            "--model",
+            model,
             "--image-size",
-            str(size[0]),
+            f"{size[0]}x{size[1]}",
             "--features",
             str(features),
             "--batch-size",

@@ -595,4 +595,8 @@ def benchmark_main(argv: list[str] | None = None) -> None:
     results = [benchmark.bench_train(c, steps=args.steps) for c in configs]
     print(benchmark.format_results(results, peak))
     if args.compare_torch:
-        print(benchmark.compare_torch(results, size, args.features, args.batch_size, args.steps))
+        print(
+            benchmark.compare_torch(
+                results, size, args.features, args.batch_size, args.steps, args.encoder
+            )
+        )
