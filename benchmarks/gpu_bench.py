@@ -50,7 +50,8 @@ import sys, time; sys.path.insert(0, sys.argv[1])
 from segjax import runtime
 runtime.configure(deterministic=sys.argv[2] == "1")
 import jax, numpy as np
-from segjax import benchmark, parallel, train
+from benchmarks import benchmark
+from segjax import parallel, train
 config = benchmark.bench_config("unet", (int(sys.argv[3]),) * 2, 32, int(sys.argv[4]), "bf16")
 mesh = parallel.create_mesh()
 steps = train.create_steps(config, mesh, 100)
@@ -99,19 +100,25 @@ def matmul_tflops(n: int) -> float:
     return 2 * n**3 / float(np.median(times)) / 1e12
 
 
-def segjax_row(arch, size, precision, batch, extra, steps, peaks) -> dict:
-    from segjax import benchmark
+def row_config(arch, size, precision, batch, extra, features: int):
+    from benchmarks import benchmark
 
-    config = benchmark.bench_config(
+    return benchmark.bench_config(
         arch,
         (size, size),
-        extra.get("features", 32),
+        extra.get("features", features),
         batch,
         precision,
         "basic",
         encoder=extra.get("encoder", "scratch"),
         upsample="nearest" if extra.get("encoder") else "transpose",
     )
+
+
+def segjax_row(arch, size, precision, batch, extra, steps, peaks) -> dict:
+    from benchmarks import benchmark
+
+    config = row_config(arch, size, precision, batch, extra, 32)
     gflops = benchmark.forward_backward_gflops(config, compile=False)
     r = benchmark.bench_train(config, steps=steps, gflops=gflops)
     achieved = r.achieved_gflops / 1e3  # TFLOP/s
@@ -130,18 +137,9 @@ def segjax_row(arch, size, precision, batch, extra, steps, peaks) -> dict:
 
 
 def loop_row(arch, size, precision, batch, extra, steps) -> dict:
-    from segjax import benchmark
+    from benchmarks import benchmark
 
-    config = benchmark.bench_config(
-        arch,
-        (size, size),
-        extra.get("features", 8),
-        batch,
-        precision,
-        "basic",
-        encoder=extra.get("encoder", "scratch"),
-        upsample="nearest" if extra.get("encoder") else "transpose",
-    )
+    config = row_config(arch, size, precision, batch, extra, 8)
     return benchmark.bench_loop(config, steps=max(steps, 20))
 
 

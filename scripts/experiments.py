@@ -4,8 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runs from a plain checkout
-from segjax import experiments  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout's tool, not installed
+from tools import experiments  # noqa: E402
 
 
 def main() -> None:

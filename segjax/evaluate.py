@@ -11,6 +11,7 @@ import numpy as np
 
 from segjax import metrics, postprocess, predict, sources, tune, viz
 from segjax.errors import UserError
+from segjax.files import write_text
 from segjax.postprocess import PostProcess
 
 
@@ -34,7 +35,6 @@ def evaluate_run(
 
     Writes <out_dir>/evaluation_<split>.json and <out_dir>/worst_<split>.png (default: the run).
     """
-
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
     loaded = predict.load_run(run_dir, which)
@@ -45,11 +45,40 @@ def evaluate_run(
             f"{run_dir}: the run has no {split!r} split (train with --test-fraction for 'test')"
         )
     truths = sources.original_masks(config.data, [splits.arrays.ids[i] for i in indices])
-    sizes = [t.shape for t in truths]
     tuned = tune.load_tuned(run_dir)
     params = tuned[0] if tuned else PostProcess()
     batch = batch_size or config.train.eval_batch_size
-    images = splits.arrays.images[indices]
+    results, per_image = _score(loaded, splits.arrays.images[indices], truths, params, batch)
+    dice, probs = per_image[f"tta={'on' if tuned and tuned[1] else 'off'} postprocess=on"]
+    worst = np.argsort(dice, kind="stable")[:8]
+    captions = [f"{splits.arrays.ids[indices[w]]} Dice {dice[w]:.3f}" for w in worst]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _draw_worst(
+        splits.arrays,
+        indices[worst],
+        probs[worst],
+        params,
+        captions,
+        out_dir / f"worst_{split}.png",
+    )
+    report = {
+        "split": split,
+        "images": len(indices),
+        "checkpoint": loaded.step,
+        "postprocess": params.__dict__,
+        "results": results,
+        "worst": dict(zip(captions, [float(dice[w]) for w in worst], strict=True)),
+    }
+    write_text(out_dir / f"evaluation_{split}.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _score(loaded, images, truths, params: PostProcess, batch: int):
+    """Metrics for the four settings (TTA, post-processing each on or off), at original size.
+
+    Returns (results by setting, (per-image Dice, probabilities) by setting).
+    """
+    sizes = [t.shape for t in truths]
     results, per_image = {}, {}
     for tta in (False, True):
         probs = predict.predict_all(loaded, images, batch, tta)
@@ -62,13 +91,15 @@ def evaluate_run(
                 "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
             }
             per_image[key] = (metrics.per_image_dice(counts), probs)
-    chosen = f"tta={'on' if tuned and tuned[1] else 'off'} postprocess=on"
-    dice, probs = per_image[chosen]
-    worst = np.argsort(dice, kind="stable")[:8]
+    return results, per_image
+
+
+def _draw_worst(arrays, indices, probs, params: PostProcess, captions, path: Path) -> None:
+    """Image, truth, prediction and error map of each of the worst images, one row each."""
     rows = []
-    for w in worst:
-        image, truth = splits.arrays.images[indices[w]], splits.arrays.masks[indices[w]]
-        pred = postprocess.apply(probs[w], params)
+    for i, prob in zip(indices, probs, strict=True):
+        image, truth = arrays.images[i], arrays.masks[i]
+        pred = postprocess.apply(prob, params)
         rows.append(
             [
                 viz._rgb(image),
@@ -77,27 +108,8 @@ def evaluate_run(
                 viz.error_map(truth, pred),
             ]
         )
-    captions = [f"{splits.arrays.ids[indices[w]]} Dice {dice[w]:.3f}" for w in worst]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    viz.save_grid(
-        rows,
-        ["image", "truth", "prediction", "errors (red FP, blue FN)"],
-        out_dir / f"worst_{split}.png",
-        captions,
-    )
-    report = {
-        "split": split,
-        "images": len(indices),
-        "checkpoint": loaded.step,
-        "postprocess": params.__dict__,
-        "results": results,
-        "worst": dict(zip(captions, [float(dice[w]) for w in worst], strict=True)),
-    }
-    path = out_dir / f"evaluation_{split}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
-    return report
+    titles = ["image", "truth", "prediction", "errors (red FP, blue FN)"]
+    viz.save_grid(rows, titles, path, captions)
 
 
 def format_report(report: dict) -> str:

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from segjax import predict, tune
 from segjax.errors import UserError
+from segjax.files import write_bytes, write_text
 from segjax.models import create_model
-from segjax.postprocess import PostProcess
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -39,9 +39,7 @@ def export_run(
     out = Path(out)
     loaded = predict.load_run(run_dir, which)
     config = loaded.config
-    tuned = tune.load_tuned(run_dir)
-    params, tuned_tta = tuned if tuned else (PostProcess(), False)
-    tta = tuned_tta if tta is None else tta
+    params, tta = tune.settings(run_dir, tta=tta)
     variables = jax.device_get(loaded.variables)  # constants of the function, on no mesh
     model = create_model(config.model)
 
@@ -55,9 +53,7 @@ def export_run(
     spec = jax.ShapeDtypeStruct((batch, h, w, config.data.channels), jnp.uint8)
     exported, skipped = _export(probabilities, spec, platforms)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(exported.serialize())
-    os.replace(tmp, out)
+    write_bytes(out, exported.serialize())
     record = {
         "function": "uint8 images [b, H, W, C] -> float32 probabilities [b, H, W]",
         "image_size": [h, w],
@@ -73,10 +69,7 @@ def export_run(
         "note": "resize probabilities (bilinear) to the image's size, then threshold; needs this "
         "jax version or newer, numpy and flatbuffers",
     }
-    meta = out.with_name(out.name + ".json")
-    tmp = meta.with_name(meta.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, meta)
+    write_text(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
     return record
 
 

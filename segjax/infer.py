@@ -6,7 +6,6 @@ post-processing as tuned, probabilities resized to each image's original size.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 
 from segjax import data, postprocess, predict, tune, viz
 from segjax.errors import UserError
-from segjax.postprocess import PostProcess
+from segjax.files import save_png
 
 CHUNK = 256  # images decoded at a time: memory stays bounded for any folder
 
@@ -86,10 +85,7 @@ def _decode(paths: Sequence[Path], size, grayscale: bool):
 
 
 def _write_png(array: np.ndarray, path: Path) -> None:
-    """Written under a temporary name, then renamed: never half a file."""
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    save_png(Image.fromarray(array), path)
 
 
 def predict_files(
@@ -119,11 +115,7 @@ def predict_files(
         raise UserError(f"{len(taken)} outputs exist already ({shown}): add --force to replace")
     loaded = predict.load_run(run_dir, which)
     config = loaded.config
-    tuned = tune.load_tuned(run_dir)
-    params, tuned_tta = tuned if tuned else (PostProcess(), False)
-    if threshold is not None:
-        params = dataclasses.replace(params, threshold=threshold)
-    tta = tuned_tta if tta is None else tta
+    params, tta = tune.settings(run_dir, threshold, tta)
     batch = batch_size or config.train.eval_batch_size
     out.mkdir(parents=True, exist_ok=True)
     failed, written = [], 0

@@ -16,11 +16,10 @@ class PostProcess:
     open_radius: float = 0.0  # opening disk radius as a fraction of the shorter side (0 = off)
     min_area: float = 0.0  # drop components smaller than this fraction of the image area
     fill_holes: bool = False  # fill background fully enclosed by person
-    keep_largest: bool = False  # keep only the largest component
 
     @property
     def active(self) -> bool:
-        return bool(self.open_radius or self.min_area or self.fill_holes or self.keep_largest)
+        return bool(self.open_radius or self.min_area or self.fill_holes)
 
 
 def disk(radius: int) -> np.ndarray:
@@ -44,19 +43,16 @@ def opening(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def clean(mask: np.ndarray, params: PostProcess) -> np.ndarray:
-    """Opening, then small-component removal (or keep-largest), then hole filling."""
+    """Opening, then small-component removal, then hole filling."""
     mask = np.asarray(mask, dtype=bool)
     h, w = mask.shape
     radius = int(round(params.open_radius * min(h, w)))
     if radius > 0:
         mask = opening(mask, radius)
-    if params.min_area > 0 or params.keep_largest:
+    if params.min_area > 0:
         labels, count = ndimage.label(mask)
         if count:
-            sizes = np.bincount(labels.ravel())[1:]
-            keep = sizes >= params.min_area * h * w
-            if params.keep_largest:
-                keep &= sizes == sizes.max()
+            keep = np.bincount(labels.ravel())[1:] >= params.min_area * h * w
             mask = np.concatenate([[False], keep])[labels]
     if params.fill_holes:
         mask = ndimage.binary_fill_holes(mask)

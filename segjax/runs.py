@@ -16,15 +16,12 @@ RUNS_ROOT = Path("runs")
 # Everything segjax writes into a run folder (--overwrite removes these and nothing else).
 RUN_FILES = (
     "config.json",
-    "config.json.tmp",
     "metrics.jsonl",
-    "metrics.jsonl.tmp",
     "timing.jsonl",
     "checkpoints",
     "previews",
     "curves.png",
     "tuned.json",
-    "tuned.json.tmp",
     "submission.csv",
     "evaluation_val.json",
     "evaluation_test.json",
@@ -71,7 +68,11 @@ def has_checkpoints(run_dir: Path) -> bool:
 def clear(run_dir: Path) -> list[str]:
     """Remove every file segjax writes in a run folder (RUN_FILES) and nothing else."""
     removed = []
-    for name in RUN_FILES:
+    # Temporaries of a killed write: .<name>.<pid>.tmp (segjax.files)
+    leftovers = [
+        p.name for p in run_dir.glob(".*.tmp") if p.name[1:].rsplit(".", 2)[0] in RUN_FILES
+    ]
+    for name in (*RUN_FILES, *leftovers):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from segjax.files import write_text
+
 # On XLA:CPU this jaxlib sends single convolutions through its YNNPACK fusion, which is about
 # 2x slower than XLA's own convolution on AVX-512 CPUs (measured: scripts/benchmark.py).
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
@@ -45,9 +47,7 @@ def _flag_supported(flag: str) -> bool:
         known[key] = result.returncode == 0
         try:
             record.parent.mkdir(parents=True, exist_ok=True)
-            tmp = record.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(known))
-            os.replace(tmp, record)
+            write_text(record, json.dumps(known))
         except OSError:
             pass
     return bool(known[key])

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from segjax import data
+from segjax import data, runtime
 from segjax.config import Config, DataConfig
 from segjax.synthetic import demo_data_dir
 
@@ -88,6 +88,13 @@ def load_tfds(name: str, split: str, size, grayscale: bool, labelled: bool = Tru
     )
 
 
+def cache_folder(config: DataConfig) -> Path | None:
+    """Where decoded arrays are cached: "auto" is $SEGJAX_CACHE/arrays, "" is nowhere."""
+    if config.cache_dir == "auto":
+        return runtime.cache_dir() / "arrays"
+    return Path(config.cache_dir) if config.cache_dir else None
+
+
 def load_labelled(config: DataConfig) -> data.Arrays:
     """Every labelled image at the training size."""
     if is_tfds(config):
@@ -98,7 +105,7 @@ def load_labelled(config: DataConfig) -> data.Arrays:
             config.grayscale,
         )
     layout = data.discover(data_root(config))
-    return data.load(layout.train, config.image_size, config.grayscale, config.cache_dir or None)
+    return data.load(layout.train, config.image_size, config.grayscale, cache_folder(config))
 
 
 def load_test(config: DataConfig, data_dir: str | Path | None = None) -> data.Arrays:
@@ -116,7 +123,7 @@ def load_test(config: DataConfig, data_dir: str | Path | None = None) -> data.Ar
     layout = data.discover(root)
     if not layout.test:
         raise data.DataError(f"{root}: no test/images folder, nothing to submit")
-    return data.load(layout.test, config.image_size, config.grayscale, config.cache_dir or None)
+    return data.load(layout.test, config.image_size, config.grayscale, cache_folder(config))
 
 
 def original_masks(config: DataConfig, ids) -> list[np.ndarray]:

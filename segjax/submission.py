@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from segjax import postprocess, rle
+from segjax.files import write_text
 from segjax.postprocess import PostProcess
 from segjax.predict import resize_prob
 
@@ -39,13 +40,11 @@ def write_csv(path: str | os.PathLike, ids: Sequence[str], rles: Sequence[str]) 
     out.writerow(HEADER)
     out.writerows(zip(ids, rles, strict=True))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    write_text(path, buffer.getvalue())
 
 
 def validate(
-    path: str | os.PathLike, ids: Sequence[str], sizes: Sequence[tuple[int, int]], order: str = "F"
+    path: str | os.PathLike, ids: Sequence[str], sizes: Sequence[tuple[int, int]]
 ) -> float:
     """Check header, ids (set, count, order) and that every RLE decodes inside its image.
 
@@ -101,31 +100,35 @@ def make_submission(
 
     run_dir = Path(run_dir)
     loaded = predict.load_run(run_dir, which)
-    config = loaded.config
-    arrays = sources.load_test(config.data, data_dir)
-    tuned = tune.load_tuned(run_dir)
-    params, tuned_tta = tuned if tuned else (PostProcess(), False)
-    if threshold is not None:
-        params = dataclasses.replace(params, threshold=threshold)
-    tta = tuned_tta if tta is None else tta
-    batch = batch_size or config.train.eval_batch_size
+    arrays = sources.load_test(loaded.config.data, data_dir)
+    params, tta = tune.settings(run_dir, threshold, tta)
+    if not use_postprocess:
+        params = PostProcess(params.threshold)
+    batch = batch_size or loaded.config.train.eval_batch_size
+    rles = _encode_all(loaded, arrays, batch, tta, params, order, progress)
+    path = Path(out) if out else run_dir / "submission.csv"
+    empty = sum(r == "" for r in rles) / len(rles)
+    if jax.process_index() == 0:  # every process took part in predicting; one writes
+        write_csv(path, arrays.ids, rles)
+        empty = validate(path, arrays.ids, [tuple(s) for s in arrays.sizes])
+    return Report(path, len(rles), empty, params, tta, loaded.step)
+
+
+def _encode_all(loaded, arrays, batch: int, tta: bool, params, order: str, progress) -> list:
+    """The RLE of every image, predicted batch by batch, encoded in a thread pool meanwhile."""
+    from segjax import predict
+
     rles: list[str] = [""] * len(arrays.ids)
     bar = tqdm(total=len(arrays.ids), desc="predict", unit="img", disable=not progress)
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
         for idx, probs in predict.iterate_probs(loaded, arrays.images, batch, tta):
             sizes = [tuple(arrays.sizes[i]) for i in idx]
             encoded = pool.map(
-                lambda a: encode_one(*a, params, use_postprocess, order),
+                lambda a: encode_one(*a, params, params.active, order),
                 zip(probs, sizes, strict=True),
             )
             for i, text in zip(idx, encoded, strict=True):
                 rles[i] = text
             bar.update(len(idx))
     bar.close()
-    path = Path(out) if out else run_dir / "submission.csv"
-    empty = sum(r == "" for r in rles) / len(rles)
-    if jax.process_index() == 0:  # every process took part in predicting; one writes
-        write_csv(path, arrays.ids, rles)
-        empty = validate(path, arrays.ids, [tuple(s) for s in arrays.sizes], order)
-    applied = params if use_postprocess else PostProcess(params.threshold)
-    return Report(path, len(rles), empty, applied, tta, loaded.step)
+    return rles

@@ -332,8 +332,18 @@ def fit(
         setup.manager.close()
 
 
+def with_precision(config: Config) -> Config:
+    """`train.precision` "bf16" computes the model in bfloat16 (parameters stay float32)."""
+    if config.train.precision == "bf16" and config.model.dtype == "float32":
+        return dataclasses.replace(
+            config, model=dataclasses.replace(config.model, dtype="bfloat16")
+        )
+    return config
+
+
 def _setup(config: Config, run_dir: Path, *, resume: bool, overwrite: bool):
     """Checks, the run folder, data, the jitted steps and a fresh state."""
+    config = with_precision(config)
     tc = config.train
     parallel.check_batch_size(tc.batch_size)
     parallel.check_batch_size(tc.eval_batch_size, "--eval-batch-size")

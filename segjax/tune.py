@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from segjax import metrics, postprocess
+from segjax.files import write_text
 from segjax.postprocess import PostProcess
 
 THRESHOLDS = tuple(np.round(np.arange(0.3, 0.701, 0.05), 2).tolist())
@@ -58,15 +59,12 @@ def search(probs: np.ndarray, masks: np.ndarray, top: int = 2) -> tuple[PostProc
 
 
 def _complexity(p: PostProcess) -> int:
-    return int(p.open_radius > 0) + int(p.min_area > 0) + int(p.fill_holes) + int(p.keep_largest)
+    return int(p.open_radius > 0) + int(p.min_area > 0) + int(p.fill_holes)
 
 
 def save_tuned(path: str | os.PathLike, params: PostProcess, tta: bool, extra: dict) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
     record = {"postprocess": dataclasses.asdict(params), "tta": tta, **extra}
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def load_tuned(run_dir: str | os.PathLike) -> tuple[PostProcess, bool] | None:
@@ -76,6 +74,16 @@ def load_tuned(run_dir: str | os.PathLike) -> tuple[PostProcess, bool] | None:
         return None
     record = json.loads(path.read_text())
     return PostProcess(**record["postprocess"]), bool(record["tta"])
+
+
+def settings(run_dir, threshold: float | None = None, tta: bool | None = None):
+    """(post-processing, TTA) as the run tuned them (defaults if never tuned), with the
+    caller's threshold and TTA where given."""
+    tuned = load_tuned(run_dir)
+    params, tuned_tta = tuned if tuned else (PostProcess(), False)
+    if threshold is not None:
+        params = dataclasses.replace(params, threshold=threshold)
+    return params, tuned_tta if tta is None else tta
 
 
 def tune_run(run_dir: str | os.PathLike, which: str = "best") -> dict:

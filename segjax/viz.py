@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from segjax.files import save_png, write_atomic
 
 TRUTH, PRED, MISSED = (40, 220, 60), (230, 40, 40), (40, 90, 255)
 
@@ -33,14 +34,6 @@ def error_map(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
-def _save_png(image: Image.Image, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
-
-
 def save_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], path, captions=None):
     """Rows of equally sized RGB tiles with column titles (and optional row captions) as a PNG."""
     h, w = rows[0][0].shape[:2]
@@ -56,7 +49,7 @@ def save_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], path,
             xy = (2, header + r * (h + gap) + 2)
             draw.rectangle(draw.textbbox(xy, captions[r]), fill="black")
             draw.text(xy, captions[r], fill="yellow")
-    _save_png(grid, path)
+    save_png(grid, path)
 
 
 def save_preview(images_u8, truths, probs, path, threshold: float = 0.5) -> None:
@@ -86,8 +79,5 @@ def save_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
     ax_dice.set(xlabel="epoch", ylabel="Dice", title="validation")
     ax_dice.legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from segjax.files import write_text
+
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
@@ -32,7 +34,5 @@ def append_metrics(path: str | os.PathLike, row: dict[str, Any]) -> None:
 def trim_metrics(path: str | os.PathLike, epochs_done: int) -> list[dict[str, Any]]:
     """Keep rows of epochs the restored checkpoint covers (rewritten atomically); return them."""
     rows = [r for r in read_metrics(path) if r["epoch"] <= epochs_done]
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

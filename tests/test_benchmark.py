@@ -1,19 +1,31 @@
-"""scripts/benchmark.py's measurements run end to end on a tiny model (figures never asserted)."""
+"""The benchmark (benchmarks/benchmark.py, a checkout's tool): its FLOP count and its runs."""
 
 from __future__ import annotations
 
-import math
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from segjax import benchmark
+from benchmarks import benchmark
 from segjax.config import replace
 
 
-def test_bench_train_reports_every_figure():
+def test_the_flop_count_of_one_convolution_is_the_hand_computed_one():
+    x = jnp.ones((1, 8, 8, 3))
+    w = jnp.ones((3, 3, 3, 4))
+    conv = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    assert benchmark.flops(conv, x, w) == 2 * 8 * 8 * 4 * (3 * 3 * 3)  # a multiply-add each
+    a, b = jnp.ones((5, 7)), jnp.ones((7, 3))
+    assert benchmark.flops(jnp.dot, a, b) == 2 * 5 * 7 * 3
+
+
+def test_bench_train_and_the_loop_run_on_a_tiny_model():
     config = benchmark.bench_config("unet", (32, 32), features=4, batch=2, precision="fp32")
     config = replace(config, model={"depth": 2})
     result = benchmark.bench_train(config, steps=2, warmup=1)
-    assert result.params == benchmark.param_count(config) > 0
-    for value in (result.img_per_s, result.gflops_per_img, result.predict_img_per_s):
-        assert math.isfinite(value) and value > 0
-    assert 0 <= result.data_wait < 1
-    assert "unet" in benchmark.format_results([result], peak=100.0)
+    assert result.params == 7549  # tests/test_models.py's count of this UNet
+    assert np.isfinite(result.img_per_s) and 0 <= result.data_wait < 1
+    loop = benchmark.bench_loop(config, steps=4)
+    assert loop["efficiency"] > 0 and "unet" in benchmark.format_results([result], peak=100.0)

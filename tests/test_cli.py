@@ -15,7 +15,18 @@ from segjax.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["train.py", "submit.py", "evaluate.py", "benchmark.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "train.py",
+        "submit.py",
+        "evaluate.py",
+        "predict.py",
+        "export.py",
+        "benchmark.py",
+        "experiments.py",
+    ],
+)
 def test_help(script):
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / script), "--help"],
@@ -70,7 +81,9 @@ def test_flags_map_onto_the_config():
         True,
         False,
     )
-    assert m.dtype == "bfloat16"
+    from segjax.train import with_precision  # the library applies --precision, not the CLI
+
+    assert config.train.precision == "bf16" and with_precision(config).model.dtype == "bfloat16"
     t = config.train
     assert (t.loss, t.schedule, t.epochs, t.aug) == ("focal_tversky", "plateau", 7, "strong")
 
@@ -173,11 +186,23 @@ def test_submit_without_runs_is_a_user_error(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.startswith("error: no runs under")
 
 
-def test_flag_choices_match_the_library_tables():
-    from segjax.losses import LOSSES
-    from segjax.models import ARCHS
+def test_flags_come_from_the_config_fields_and_their_choices_from_the_library_tables():
+    import dataclasses
 
-    assert cli.FIELDS["arch"][2] == list(ARCHS)
-    assert cli.FIELDS["loss"][2] == list(LOSSES)
-    help_text = cli.train_parser().format_help()
+    from segjax.config import ModelConfig, TrainConfig, options
+    from segjax.losses import LOSSES
+    from segjax.models import ARCHS, ENCODERS
+
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(ModelConfig)}
+    assert list(choices["arch"]) == list(ARCHS) and list(choices["encoder"]) == list(ENCODERS)
+    assert list(
+        dict((f.name, f) for f in dataclasses.fields(TrainConfig))["loss"].metadata["choices"]
+    ) == list(LOSSES)
+    parser = cli.train_parser()
+    help_text = parser.format_help()
     assert "(default 30; demo 20)" in help_text and "(default: None)" not in help_text
+    for _, field in options():  # every setting with a flag has one, and its help
+        assert cli._flag(field) in help_text, field.name
+    args = parser.parse_args(["--no-batch-norm", "--grayscale", "--arch", "unetpp"])
+    config = cli.train_config(args)
+    assert not config.model.batch_norm and config.data.grayscale and config.model.arch == "unetpp"

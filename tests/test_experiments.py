@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from segjax import cli, experiments
+from segjax import cli
+from tools import experiments
 
 
 def fake_run(root, name, dice, tta=False):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -13,10 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_installs_offline_and_holds_the_library_only(tmp_path):
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info beside it
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".*", "runs", "build", "*.egg-info")
+    )
     wheels = tmp_path / "wheels"
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
     done = subprocess.run(
-        [*build, "--wheel-dir", str(wheels), str(ROOT)], capture_output=True, text=True
+        [*build, "--wheel-dir", str(wheels), str(source)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = wheels.glob("segjax-*.whl")

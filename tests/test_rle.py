@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segjax import postprocess, rle
-from segjax.postprocess import PostProcess
+from segjax import rle
 
 EXAMPLE = np.array([[0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 1]])
 
@@ -56,49 +55,3 @@ def test_empty_full_first_and_last_pixel():
 def test_decode_rejects_bad_runs(bad, message):
     with pytest.raises(ValueError, match=message):
         rle.decode(bad, (5, 3))
-
-
-def test_postprocess_opening_small_components_holes_and_largest():
-    mask = np.zeros((100, 100), bool)
-    mask[10:60, 10:60] = True
-    mask[30:35, 30:35] = False  # a hole
-    mask[80, 80] = True  # a speck
-    mask[70:76, 70:76] = True  # a small blob: 36 px
-    prob = mask.astype(np.float32) * 0.9
-    assert postprocess.apply(prob, PostProcess(0.95)).sum() == 0
-    filled = postprocess.apply(prob, PostProcess(0.5, fill_holes=True))
-    assert filled[32, 32] and filled[80, 80]
-    no_specks = postprocess.apply(prob, PostProcess(0.5, min_area=0.001))  # < 10 px go
-    assert not no_specks[80, 80] and no_specks[72, 72]
-    largest = postprocess.apply(prob, PostProcess(0.5, keep_largest=True))
-    assert not largest[72, 72] and largest[20, 20]
-    opened = postprocess.apply(prob, PostProcess(0.5, open_radius=0.02))  # radius 2 px
-    assert not opened[80, 80] and opened[20, 20]
-    raw = postprocess.apply(prob, PostProcess(0.5, min_area=0.001), postprocess=False)
-    np.testing.assert_array_equal(raw, mask)
-
-
-def test_relative_sizes_scale_with_resolution():
-    params = PostProcess(0.5, min_area=0.002)
-    small = np.zeros((100, 100), bool)
-    small[:4, :4] = True  # 16 px < 20 px
-    big = np.kron(small, np.ones((8, 8), bool))  # the same blob at 800x800: 1024 < 1280 px
-    assert postprocess.clean(small, params).sum() == 0 and postprocess.clean(big, params).sum() == 0
-    small[:5, :5] = True  # 25 px > 20 px
-    big = np.kron(small, np.ones((8, 8), bool))
-    assert (
-        postprocess.clean(small, params).sum() == 25
-        and postprocess.clean(big, params).sum() == 1600
-    )
-
-
-@pytest.mark.parametrize("radius", [3, 8, 13])
-def test_fast_opening_equals_scipy_binary_opening(radius):
-    from scipy import ndimage
-
-    rng = np.random.default_rng(radius)
-    blobs = ndimage.gaussian_filter(rng.random((160, 120)), 10)
-    mask = blobs > np.median(blobs)
-    expected = ndimage.binary_opening(mask, structure=postprocess.disk(radius))
-    np.testing.assert_array_equal(postprocess.opening(mask, radius), expected)
-    assert 0 < expected.sum() < mask.sum()

@@ -50,6 +50,21 @@ def test_one_step(tiny_config):
     assert all(jax.tree.leaves(changed))
 
 
+def test_a_train_step_makes_no_hidden_transfers(tiny_config):
+    config, batch = first_batch(replace(tiny_config, train={"schedule": "constant"}))
+    mesh = parallel.create_mesh()
+    steps = train.create_steps(config, mesh, 10)
+    state = jax.device_put(
+        train.create_train_state(config, jax.random.key(0), 10), parallel.replicated(mesh)
+    )
+    batch, key = parallel.shard_batch(batch, mesh), jax.device_put(jax.random.key(1))
+    state, out = steps.train(state, batch, key)  # compiles outside the guard
+    with jax.transfer_guard("disallow"):
+        state, out = steps.train(state, batch, key)
+        jax.block_until_ready(out)
+    assert int(state.step) == 2
+
+
 def test_overfitting_a_fixed_batch_drives_the_loss_down(tiny_config):
     config = replace(tiny_config, train={"aug": "none", "schedule": "constant", "lr": 1e-2})
     config, batch = first_batch(config)

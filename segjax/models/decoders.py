@@ -10,7 +10,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import UPSAMPLERS, AttentionGate, ConvBlock, center_crop, param_dtype
+from segjax.models.layers import (
+    UPSAMPLERS,
+    AttentionGate,
+    ConvBlock,
+    center_crop,
+    level_block,
+    param_dtype,
+)
 
 
 class DecoderOptions(nn.Module):
@@ -28,20 +35,8 @@ class DecoderOptions(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def block(self, level: int, levels: int, name: str) -> ConvBlock:
-        """The conv block at `level` of a network with `levels` poolings (deep-only dropout:
-        the two deepest levels)."""
-        rate = self.dropout if (level >= levels - 1 or not self.dropout_deep_only) else 0.0
-        return ConvBlock(
-            self.features * 2**level,
-            self.convs,
-            self.padding,
-            self.batch_norm,
-            rate,
-            self.activation,
-            self.residual,
-            self.dtype,
-            name=name,
-        )
+        """The conv block at `level` of a network with `levels` poolings."""
+        return level_block(self, level, levels, name)
 
     def up(self, level: int, name: str) -> nn.Module:
         return UPSAMPLERS[self.upsample](self.features * 2**level, self.dtype, name=name)

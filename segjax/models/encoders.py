@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import ConvBlock, DepthwiseConv, max_pool_2x2, param_dtype
+from segjax.models.layers import ConvBlock, DepthwiseConv, level_block, max_pool_2x2, param_dtype
 
 
 class ScratchEncoder(nn.Module):
@@ -39,20 +39,8 @@ class ScratchEncoder(nn.Module):
         return 2**self.depth
 
     def block(self, level: int, name: str) -> ConvBlock:
-        """The conv block of `level` (depth = bottleneck); deep-only dropout covers the two
-        deepest levels (here and in the decoder)."""
-        rate = self.dropout if (level >= self.depth - 1 or not self.dropout_deep_only) else 0.0
-        return ConvBlock(
-            self.features * 2**level,
-            self.convs,
-            self.padding,
-            self.batch_norm,
-            rate,
-            self.activation,
-            self.residual,
-            self.dtype,
-            name=name,
-        )
+        """The conv block of `level` (depth = bottleneck)."""
+        return level_block(self, level, self.depth, name)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array | None]:

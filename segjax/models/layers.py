@@ -129,6 +129,23 @@ class ConvBlock(nn.Module):
         return x
 
 
+def level_block(owner: nn.Module, level: int, levels: int, name: str) -> ConvBlock:
+    """The conv block at `level` of a network with `levels` poolings, with `owner`'s options
+    (an encoder's or a decoder's); deep-only dropout covers the two deepest levels."""
+    deep = level >= levels - 1 or not owner.dropout_deep_only
+    return ConvBlock(
+        owner.features * 2**level,
+        owner.convs,
+        owner.padding,
+        owner.batch_norm,
+        owner.dropout if deep else 0.0,
+        owner.activation,
+        owner.residual,
+        owner.dtype,
+        name=name,
+    )
+
+
 class AttentionGate(nn.Module):
     """Additive attention gate (Oktay et al. 2018): the skip scaled by a learned [0, 1] map.
 

@@ -1,10 +1,17 @@
-"""Speed and memory of the train step and predict: images/s, GFLOP/s, data-wait, peak memory."""
+"""Speed and memory of the train step and predict: images/s, GFLOP/s, data-wait, peak memory.
+
+A maintainer's tool, run from a checkout (`python scripts/benchmark.py`), not part of the
+installed package.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
+import os
 import resource
+import sys
 import time
 
 import jax
@@ -48,11 +55,18 @@ def param_count(config: Config) -> int:
     return sum(x.size for x in jax.tree.leaves(shapes["params"]))
 
 
-def forward_backward_gflops(config: Config, compile: bool = True) -> float:
-    """XLA's count of floating-point operations for forward + backward of one image.
+def flops(fn, *args, compile: bool = True) -> float:
+    """XLA's count of floating-point operations of `fn(*args)` (the lowered program's estimate
+    when `compile=False` or when a backend has none for the compiled one)."""
+    lowered = jax.jit(fn).lower(*args)
+    cost = None if compile else lowered.cost_analysis()
+    cost = cost or lowered.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
 
-    `compile=False` counts on the lowered program (within 0.2% here, and no compilation).
-    """
+
+def forward_backward_gflops(config: Config, compile: bool = True) -> float:
+    """XLA's count of floating-point operations for forward + backward of one image."""
     model = create_model(config.model)
     h, w = config.data.image_size
     x = jnp.ones((1, h, w, 3))
@@ -65,11 +79,8 @@ def forward_backward_gflops(config: Config, compile: bool = True) -> float:
         )
         return losses.bce(logits, masks) + losses.dice(logits, masks)
 
-    lowered = jax.jit(jax.grad(loss)).lower(variables["params"], variables.get("batch_stats", {}))
-    cost = None if compile else lowered.cost_analysis()  # None where a backend has no estimate
-    cost = cost or lowered.compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", float("nan"))) / 1e9
+    args = (variables["params"], variables.get("batch_stats", {}))
+    return flops(jax.grad(loss), *args, compile=compile) / 1e9
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -234,8 +245,11 @@ def format_results(results: list[Result], peak: float | None) -> str:
     return "\n".join(lines)
 
 
-def compare_torch(results: list[Result], size, features: int, batch: int, steps: int) -> str:
-    """Run the PyTorch reference (eager, then torch.compile) and set it beside segjax's unet."""
+def compare_torch(
+    results: list[Result], size, features: int, batch: int, steps: int, encoder: str = "scratch"
+) -> str:
+    """Run the PyTorch reference (eager, then torch.compile) beside segjax's `unet`: the scratch
+    UNet, or with `encoder="efficientnet-lite0"` the Lite0 UNet (SMP-like decoder)."""
     import json
     import subprocess
     import sys
@@ -243,9 +257,10 @@ def compare_torch(results: list[Result], size, features: int, batch: int, steps:
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "pytorch_reference.py"
     unet = next((r for r in results if r.arch == "unet"), None)
-    if unet is None or size[0] != size[1] or not script.exists():
-        return "PyTorch comparison: needs --arch unet, a square size and benchmarks/"
-    lines = [f"{'unet train step':32s} {'img/s':>7s} {'segjax / it':>11s}"]
+    model = {"scratch": "unet", "efficientnet-lite0": "lite0"}.get(encoder)
+    if unet is None or model is None or not script.exists():
+        return "PyTorch comparison: needs --arch unet, --encoder scratch or efficientnet-lite0"
+    lines = [f"{model + ' train step':32s} {'img/s':>7s} {'segjax / it':>11s}"]
     lines.append(f"{'segjax (JAX)':32s} {unet.img_per_s:7.2f} {1.0:11.2f}")
     for extra, label in (
         ([], "PyTorch channels_last eager"),
@@ -254,8 +269,10 @@ def compare_torch(results: list[Result], size, features: int, batch: int, steps:
         cmd = [
             sys.executable,
             str(script),
+            "--model",
+            model,
             "--image-size",
-            str(size[0]),
+            f"{size[0]}x{size[1]}",
             "--features",
             str(features),
             "--batch-size",
@@ -272,3 +289,103 @@ def compare_torch(results: list[Result], size, features: int, batch: int, steps:
         torch_ips = json.loads(done.stdout.strip().splitlines()[-1])["img_per_s"]
         lines.append(f"{label:32s} {torch_ips:7.2f} {unet.img_per_s / torch_ips:11.2f}")
     return "\n".join(lines)
+
+
+def benchmark_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train-step images/s, GFLOP/s against the measured matmul peak, data-wait "
+        "fraction, predict images/s and peak memory (random data, no files needed).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--arch", nargs="+", default=["unet", "attn"], help="architectures")
+    parser.add_argument("--image-size", default="256", help="N or HxW")
+    parser.add_argument("--features", type=int, default=32, help="base features")
+    parser.add_argument("--batch-size", type=int, default=8, help="global batch")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument(
+        "--aug",
+        choices=["none", "basic", "strong"],
+        default="basic",
+        help="augmentation inside the step",
+    )
+    parser.add_argument(
+        "--compare-torch",
+        action="store_true",
+        help="also time benchmarks/pytorch_reference.py (eager and torch.compile, "
+        "channels_last) on the same UNet step; needs torch installed",
+    )
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="only parameter counts and forward+backward GFLOPs (no timing)",
+    )
+    parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="loop efficiency: the real training loop's steps/s over the bare step's (try "
+        "--features 8 --image-size 64, where host work shows)",
+    )
+    parser.add_argument("--encoder", default="scratch", help="encoder (see train.py --help)")
+    parser.add_argument("--upsample", default="transpose", help="transpose, resize or nearest")
+    parser.add_argument(
+        "--default-xla-flags",
+        action="store_true",
+        help="measure without segjax's XLA:CPU flags and huge pages",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """scripts/benchmark.py (which sets XLA's flags and huge pages before JAX starts)."""
+    args = benchmark_parser().parse_args(argv)
+    from segjax.config import parse_size
+
+    benchmark = sys.modules[__name__]
+
+    size = parse_size(args.image_size)
+    print(
+        f"device: {jax.devices()[0].device_kind} x {jax.device_count()}; jax {jax.__version__}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
+    )
+    print(f"{size[0]}x{size[1]}, base {args.features}, batch {args.batch_size}, {args.precision}")
+    configs = [
+        benchmark.bench_config(
+            a,
+            size,
+            args.features,
+            args.batch_size,
+            args.precision,
+            args.aug,
+            encoder=args.encoder,
+            upsample=args.upsample,
+        )
+        for a in args.arch
+    ]
+    if args.loop:
+        for config in configs:
+            r = benchmark.bench_loop(config, steps=max(args.steps, 10))
+            print(
+                f"{config.model.arch}: loop efficiency: {r['efficiency']:.2f} (loop "
+                f"{r['loop_steps_per_s']:.2f} steps/s, bare step {r['bare_steps_per_s']:.2f} "
+                "steps/s)"
+            )
+        return
+    if args.flops_only:
+        for config in configs:
+            print(
+                f"{config.model.arch:11s} params {benchmark.param_count(config):>11,d}  "
+                f"forward+backward {benchmark.forward_backward_gflops(config):7.1f} GFLOP/image"
+            )
+        return
+    peak = benchmark.matmul_peak_gflops()
+    print(f"measured float32 matmul peak: {peak:.0f} GFLOP/s")
+    results = [benchmark.bench_train(c, steps=args.steps) for c in configs]
+    print(benchmark.format_results(results, peak))
+    if args.compare_torch:
+        print(
+            benchmark.compare_torch(
+                results, size, args.features, args.batch_size, args.steps, args.encoder
+            )
+        )
