@@ -73,7 +73,10 @@ def load_tuned(run_dir: str | os.PathLike) -> tuple[PostProcess, bool] | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    return PostProcess(**record["postprocess"]), bool(record["tta"])
+    fields = {f.name for f in dataclasses.fields(PostProcess)}
+    # Older tuned.json files also hold keep_largest (never tuned, always false): not a field now.
+    params = {k: v for k, v in record["postprocess"].items() if k in fields}
+    return PostProcess(**params), bool(record["tta"])
 
 
 def settings(run_dir, threshold: float | None = None, tta: bool | None = None):
