@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
@@ -25,6 +24,7 @@ from segjax import (
     data,
     losses,
     metrics,
+    optim,
     parallel,
     predict,
     pretrained,
@@ -46,109 +46,6 @@ class TrainState(train_state.TrainState):
     schedule_steps: jax.Array
 
 
-# ---------------------------------------------------------------------------- optimisation
-
-
-def _cosine(start, end, fraction):
-    """From `start` to `end` along half a cosine as `fraction` goes 0 -> 1."""
-    return end + (start - end) / 2 * (jnp.cos(jnp.pi * fraction) + 1)
-
-
-def learning_rate_at(config: TrainConfig, step, total, steps_per_epoch: int, scale=1.0):
-    """The rate at `step` of a schedule `total` steps long (traced values welcome).
-
-    cosine: linear warm-up from 0, then cosine to 1% of --lr (optax's warmup_cosine_decay);
-    onecycle: --lr/25 up to --lr over 30% of the steps, then down to --lr/25e4 (optax's
-    cosine_onecycle); plateau: --lr times the plateau tracker's `scale`.
-    """
-    lr = config.lr
-    step = jnp.asarray(step, jnp.float32)
-    total = jnp.maximum(jnp.asarray(total, jnp.float32), 1.0)
-    if config.schedule == "constant":
-        return jnp.asarray(lr, jnp.float32)
-    if config.schedule == "plateau":
-        return jnp.asarray(lr * scale, jnp.float32)
-    if config.schedule == "cosine":
-        warmup = jnp.minimum(float(int(config.warmup_epochs * steps_per_epoch)), total - 1.0)
-        rising = lr * step / jnp.maximum(warmup, 1.0)
-        fraction = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
-        return jnp.where(step < warmup, rising, _cosine(lr, lr * 0.01, fraction))
-    if config.schedule == "onecycle":
-        peak_at = jnp.floor(0.3 * total)
-        up = _cosine(lr / 25, lr, jnp.clip(step / jnp.maximum(peak_at, 1.0), 0.0, 1.0))
-        down_fraction = jnp.clip((step - peak_at) / jnp.maximum(total - peak_at, 1.0), 0.0, 1.0)
-        return jnp.where(step < peak_at, up, _cosine(lr, lr / 25e4, down_fraction))
-    raise ValueError(f"unknown schedule {config.schedule!r}")
-
-
-def create_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """The rate per step for `config.epochs` epochs (for plots, tests and messages)."""
-    total = config.epochs * steps_per_epoch
-    return lambda step: learning_rate_at(config, step, total, steps_per_epoch)
-
-
-def create_plateau(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
-    return optax.contrib.reduce_on_plateau(
-        factor=config.plateau_factor, patience=config.plateau_patience
-    )
-
-
-def create_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam or AdamW with the learning rate a value in the state (inject_hyperparams).
-
-    The encoder's updates are scaled by `encoder_lr_mult` and zeroed for the first
-    `freeze_encoder_epochs`: a multiplier indexed by the step, so nothing recompiles when the
-    encoder thaws and Adam's moments keep accumulating meanwhile.
-    """
-    # The rate is a value in the state, set by each step from the schedule (`train_step`).
-    if config.optimizer == "adam":
-        base = optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)
-    elif config.optimizer == "adamw":
-        base = optax.inject_hyperparams(optax.adamw)(
-            learning_rate=config.lr, weight_decay=config.weight_decay
-        )
-    else:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}")
-    if config.encoder_lr_mult == 1.0 and config.freeze_encoder_epochs == 0:
-        return base
-    frozen = config.freeze_encoder_epochs * steps_per_epoch
-    mult = config.encoder_lr_mult
-    encoder = optax.scale_by_schedule(lambda count: jnp.where(count < frozen, 0.0, mult))
-    labels = lambda params: {
-        name: jax.tree.map(lambda _, n=name: "encoder" if n == "encoder" else "decoder", tree)
-        for name, tree in params.items()
-    }
-    transforms = {"encoder": encoder, "decoder": optax.identity()}
-    return optax.chain(base, optax.multi_transform(transforms, labels))
-
-
-def _hyperparams(opt_state) -> dict:
-    """The injected hyperparameters (first in the chain when the encoder has its own scale)."""
-    return opt_state.hyperparams if hasattr(opt_state, "hyperparams") else opt_state[0].hyperparams
-
-
-def _with_learning_rate(opt_state, rate: jax.Array):
-    if hasattr(opt_state, "hyperparams"):
-        return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": rate})
-    return (_with_learning_rate(opt_state[0], rate), *opt_state[1:])
-
-
-def learning_rate(state: TrainState) -> float:
-    return float(_hyperparams(state.opt_state)["learning_rate"])
-
-
-def step_plateau(state: TrainState, config: TrainConfig, val_loss: float) -> TrainState:
-    """After a validation: feed the plateau tracker (under "plateau", the next steps' rate)."""
-    if config.schedule != "plateau":
-        return state
-    _, plateau = create_plateau(config).update(
-        updates=jnp.zeros(()), state=state.plateau, value=jnp.asarray(val_loss)
-    )
-    old = _hyperparams(state.opt_state)["learning_rate"]
-    rate = jax.device_put(jnp.asarray(config.lr * plateau.scale, jnp.float32), old.sharding)
-    return state.replace(plateau=plateau, opt_state=_with_learning_rate(state.opt_state, rate))
-
-
 def init_variables(config: Config, rng: jax.Array) -> dict:
     """The model's variables from the config and a key (under jit: faster)."""
     model = create_model(config.model)
@@ -161,13 +58,13 @@ def create_train_state(config: Config, rng: jax.Array, steps_per_epoch: int) -> 
     """A fresh train state: initialised variables, optimizer state, plateau tracker."""
     model = create_model(config.model)
     variables = init_variables(config, rng)
-    tx = create_optimizer(config.train, steps_per_epoch)
+    tx = optim.create_optimizer(config.train, steps_per_epoch)
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
         tx=tx,
-        plateau=create_plateau(config.train).init(variables["params"]),
+        plateau=optim.create_plateau(config.train).init(variables["params"]),
         schedule_steps=jnp.asarray(config.train.epochs * steps_per_epoch, jnp.int32),
     )
 
@@ -181,7 +78,7 @@ def train_step(
     """One update on an augmented batch; randomness from fold_in(rng, step): resumable."""
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
     rate = schedule(state.step, state.schedule_steps, scale=state.plateau.scale)
-    state = state.replace(opt_state=_with_learning_rate(state.opt_state, rate))
+    state = state.replace(opt_state=optim.with_learning_rate(state.opt_state, rate))
     images, masks = augment.prepare_batch(aug_rng, batch["image"], batch["mask"], level, mean, std)
 
     def compute_loss(params):
@@ -220,7 +117,9 @@ def create_steps(config: Config, mesh, steps_per_epoch: int) -> Steps:
     loss_fn = losses.create_loss(config.train)
     norm = dict(mean=config.data.mean, std=config.data.std)
     rep, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    schedule = functools.partial(learning_rate_at, config.train, steps_per_epoch=steps_per_epoch)
+    schedule = functools.partial(
+        optim.learning_rate_at, config.train, steps_per_epoch=steps_per_epoch
+    )
     train = functools.partial(
         train_step, loss_fn=loss_fn, level=config.train.aug, schedule=schedule, **norm
     )
@@ -549,11 +448,11 @@ def _close_epoch(setup, state, record, rows, epoch, train_loss, seconds, images,
     row = {
         "epoch": epoch + 1,
         "step": int(state.step),
-        "lr": learning_rate(state),
+        "lr": optim.learning_rate(state),
         "train_loss": train_loss,
         **{f"val_{k}": v for k, v in val.items()},
     }
-    state = step_plateau(state, tc, val["loss"])
+    state = optim.step_plateau(state, tc, val["loss"])
     if val["mean_dice"] > record["best_dice"]:
         record.update(best_dice=val["mean_dice"], best_epoch=epoch + 1, bad_epochs=0)
     else:
@@ -609,8 +508,8 @@ def _report_schedule_change(saved: dict, tc: TrainConfig, state: TrainState, set
     if saved["epochs"] == tc.epochs or tc.schedule in ("constant", "plateau"):
         return
     step, spe = int(state.step), setup.steps_per_epoch
-    old = learning_rate_at(tc, step, saved["epochs"] * spe, spe)
-    new = learning_rate_at(tc, step, tc.epochs * spe, spe)
+    old = optim.learning_rate_at(tc, step, saved["epochs"] * spe, spe)
+    new = optim.learning_rate_at(tc, step, tc.epochs * spe, spe)
     print(
         f"resuming at step {step} with --epochs {tc.epochs} (was {saved['epochs']}): the "
         f"{tc.schedule} schedule now spans {tc.epochs} epochs, so the learning rate continues "

@@ -215,7 +215,7 @@ def test_decoders_that_own_their_encoder_refuse_a_pretrained_one(arch):
 
 def test_freezing_is_a_step_indexed_multiplier_that_keeps_adams_moments():
     from segjax.config import TrainConfig
-    from segjax.train import create_optimizer
+    from segjax.optim import create_optimizer
 
     params = {"encoder": {"w": jnp.ones(3)}, "decoder": {"w": jnp.ones(3)}}
     config = TrainConfig(lr=0.1, schedule="constant", freeze_encoder_epochs=2, encoder_lr_mult=0.5)

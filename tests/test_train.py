@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import checkpoint, data, parallel, sources, train, writer
+from segjax import checkpoint, data, optim, parallel, sources, train, writer
 from segjax.config import TrainConfig, load_config, replace
 from segjax.errors import UserError
 
@@ -80,7 +80,7 @@ def test_overfitting_a_fixed_batch_drives_the_loss_down(tiny_config):
 
 
 def lrs(config: TrainConfig, steps_per_epoch: int) -> np.ndarray:
-    schedule = train.create_schedule(config, steps_per_epoch)
+    schedule = optim.create_schedule(config, steps_per_epoch)
     return np.array([float(schedule(s)) for s in range(config.epochs * steps_per_epoch + 1)])
 
 
@@ -101,8 +101,8 @@ def test_plateau_halves_the_rate_after_patience_epochs(tiny_config):
     state = train.create_train_state(config, jax.random.key(0), 10)
     rates = []
     for val_loss in [1.0, 0.9, 0.95, 0.93, 0.92, 0.91, 0.94]:
-        state = train.step_plateau(state, config.train, val_loss)
-        rates.append(train.learning_rate(state))
+        state = optim.step_plateau(state, config.train, val_loss)
+        rates.append(optim.learning_rate(state))
     # Best 0.9 at epoch 2; every second epoch without beating it halves the rate.
     np.testing.assert_allclose(rates, [3e-3, 3e-3, 3e-3, 1.5e-3, 1.5e-3, 7.5e-4, 7.5e-4], rtol=1e-5)
 
