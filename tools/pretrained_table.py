@@ -71,7 +71,9 @@ def row(name: str) -> dict | None:
         "planned": config["train"]["epochs"],
         "img_per_s": sum(t["train_img_per_s"] for t in timing[1:]) / max(len(timing) - 1, 1),
         "minutes": wall / 60 if wall else None,
-        "curve": [(t["train_seconds"], m["val_mean_dice"]) for t, m in zip(timing, metrics, strict=True)],
+        "curve": [
+            (t["train_seconds"], m["val_mean_dice"]) for t, m in zip(timing, metrics, strict=True)
+        ],
     }
 
 
