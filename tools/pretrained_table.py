@@ -39,6 +39,10 @@ ROWS = {
         "--encoder efficientnet-lite2 --arch attn",
     ),
     "lite0-unet-augnone": ("EfficientNet-Lite0 + UNet decoder, no augmentation", "--aug none"),
+    "lite0-unet-256": (
+        "EfficientNet-Lite0 + UNet decoder, no augmentation, 256x160",
+        "--aug none --image-size 256x160",
+    ),
 }
 
 
@@ -50,8 +54,20 @@ def keep(runs: Path) -> None:
             for file in KEPT:
                 if (source / file).exists():
                     shutil.copy(source / file, DOCS / name / file)
-            if (runs / f"{name}.wall_s").exists():
-                shutil.copy(runs / f"{name}.wall_s", DOCS / name / "wall_s")
+            wall = _wall_seconds(runs / "times.txt", name)
+            if wall is not None:
+                (DOCS / name / "wall_s").write_text(f"{wall}\n")
+
+
+def _wall_seconds(times: Path, name: str) -> float | None:
+    """The training command's wall time from the runner's log ("<name> train_wall_s <s>")."""
+    if not times.exists():
+        return None
+    for line in times.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == name and parts[1] == "train_wall_s":
+            return float(parts[2])
+    return None
 
 
 def row(name: str) -> dict | None:
