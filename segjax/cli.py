@@ -64,6 +64,13 @@ def train_parser() -> argparse.ArgumentParser:
 
     for section, field in options():
         _add_option(parser, section, field)
+    parser.add_argument(
+        "--fold",
+        metavar="I|all",
+        help="with --folds K: the fold that validates (0..K-1), or all: train the K folds one "
+        "after another into runs/<name>/fold-<I>/ and tune their ensemble out of fold "
+        "(--resume skips finished folds; --time-budget is for all folds together)",
+    )
     parser.add_argument("--run-dir", help="run folder (default runs/<name>)")
     parser.add_argument("--name", help="run name (default <arch>-<date>-<time>)")
     parser.add_argument(
@@ -134,8 +141,22 @@ def train_config(args: argparse.Namespace):
     sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     for (section, field), (_, value) in given_fields(args).items():
         sections[section][field] = value
+    if _fold(args) is not None:
+        sections["data"]["fold"] = _fold(args)
     base = Config() if args.data_dir else Config.demo()
     return dataclasses.replace(replace(base, **sections), name=args.name or "")
+
+
+def _fold(args: argparse.Namespace) -> int | None:
+    """--fold I as a number (None for all or no --fold); --fold and --folds come together."""
+    if (args.fold is None) != (args.folds is None) and not args.resume:
+        raise UserError("--folds K and --fold I|all come together (--fold all trains every fold)")
+    if args.fold in (None, "all"):
+        return None
+    try:
+        return int(args.fold)
+    except ValueError:
+        raise UserError(f"--fold {args.fold}: expected a fold number or all") from None
 
 
 def _distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -180,16 +201,20 @@ def train_main(argv: list[str] | None = None) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from segjax import runs, train
+    from segjax import folds, runs, train
 
     _initialize_distributed(args)
+    fold_all = args.fold == "all"
     if args.resume:
         run_dir = (
             Path(args.run_dir)
             if args.run_dir
-            else (runs.RUNS_ROOT / args.name if args.name else runs.newest_run())
+            else (runs.RUNS_ROOT / args.name if args.name else runs.newest_run(folds=fold_all))
         )
         config = runs.resume_config(run_dir, given_fields(args))
+        fold_all = fold_all or runs.is_folds(run_dir)
+        if _fold(args) is not None and _fold(args) != config.data.fold:
+            raise UserError(f"{run_dir} validates on fold {config.data.fold}, not {args.fold}")
     else:
         config = train_config(args)
         run_dir = (
@@ -199,6 +224,21 @@ def _train(args: argparse.Namespace) -> None:
         )
         config = dataclasses.replace(config, name=run_dir.name)
     print(f"run folder: {run_dir}")
+    started = float(os.environ["SEGJAX_START"].partition(":")[2])
+    if fold_all:
+        if args.stop_at_epoch:
+            raise UserError("--stop-at-epoch is for one run; with --fold all use --time-budget")
+        folds.train_folds(
+            config,
+            run_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            tune=not args.no_tune,
+            progress=not args.no_progress,
+            time_budget=args.time_budget,
+            started=started,
+        )
+        return
     train.train_and_tune(
         config,
         run_dir,
@@ -208,7 +248,7 @@ def _train(args: argparse.Namespace) -> None:
         tune=not args.no_tune,
         progress=not args.no_progress,
         time_budget=args.time_budget,
-        started=float(os.environ["SEGJAX_START"].partition(":")[2]),
+        started=started,
     )
 
 
@@ -227,8 +267,17 @@ def user_errors():
         warnings.showwarning = previous
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", help="run folder (default: the newest under runs/)")
+def _common(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        parser.add_argument(
+            "--run-dir",
+            nargs="+",
+            metavar="RUN",
+            help="a run folder, a k-fold folder (train.py --fold all) or several runs, whose "
+            "probabilities are averaged (default: the newest run or k-fold folder under runs/)",
+        )
+    else:
+        parser.add_argument("--run-dir", help="run folder (default: the newest under runs/)")
     parser.add_argument(
         "--checkpoint", default="best", help="best, latest or an epoch number (default best)"
     )
@@ -240,11 +289,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def submit_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Predict every test image and write a validated Kaggle submission CSV.",
+        description="Predict every test image and write a validated Kaggle submission CSV. "
+        "Several runs or a k-fold folder: their probabilities are averaged at each image's "
+        "size, then one threshold and post-processing (tuned out of fold for k-fold runs, on "
+        "the validation images they share otherwise).",
     )
-    _common(parser)
+    _common(parser, several=True)
     parser.add_argument("--data-dir", help="data folder with test/images (default: the run's)")
-    parser.add_argument("--out", help="output CSV (default <run>/submission.csv)")
+    parser.add_argument("--out", help="output CSV (default <run or k-fold folder>/submission.csv)")
     tta = parser.add_mutually_exclusive_group()
     tta.add_argument("--tta", action="store_true", default=None, help="flip TTA on")
     tta.add_argument("--no-tta", dest="tta", action="store_false", help="flip TTA off")
@@ -271,12 +323,10 @@ def submit_main(argv: list[str] | None = None) -> None:
 
 def _submit(args: argparse.Namespace) -> None:
     _initialize_distributed(args)
-    from segjax import runs
     from segjax.submission import make_submission
 
-    run_dir = Path(args.run_dir) if args.run_dir else runs.newest_run()
     report = make_submission(
-        run_dir,
+        args.run_dir,
         args.data_dir,
         args.out,
         args.checkpoint,
@@ -290,7 +340,7 @@ def _submit(args: argparse.Namespace) -> None:
     pp = report.postprocess
     print(
         f"wrote {report.path}: {report.rows} rows, {report.empty_fraction:.1%} empty masks "
-        f"(checkpoint {report.checkpoint}, threshold {pp.threshold}, TTA "
+        f"({report.runs}, threshold {pp.threshold}, TTA "
         f"{'on' if report.tta else 'off'}, post-processing {pp if pp.active else 'off'})"
     )
 
@@ -299,9 +349,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Dice, IoU, precision, recall, accuracy and confusion matrix of a run on its "
         "validation or held-out test split, with and without post-processing and flip TTA, "
-        "plus a PNG of the 8 worst images.",
+        "plus a PNG of the 8 worst images. Several runs or a k-fold folder: their mean "
+        "probability (on val: out of fold for k-fold runs).",
     )
-    _common(parser)
+    _common(parser, several=True)
     parser.add_argument("--split", choices=["val", "test"], default="val", help="default val")
     parser.add_argument("--out-dir", help="where to write the JSON and PNG (default: the run)")
     return parser
@@ -316,13 +367,11 @@ def evaluate_main(argv: list[str] | None = None) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from segjax import runs
     from segjax.evaluate import evaluate_run, format_report
 
-    run_dir = Path(args.run_dir) if args.run_dir else runs.newest_run()
-    report = evaluate_run(run_dir, args.split, args.checkpoint, args.batch_size, args.out_dir)
-    out = Path(args.out_dir) if args.out_dir else run_dir
+    report = evaluate_run(args.run_dir, args.split, args.checkpoint, args.batch_size, args.out_dir)
     print(format_report(report))
+    out = Path(report["out_dir"])
     print(f"wrote {out / f'evaluation_{args.split}.json'} and {out / f'worst_{args.split}.png'}")
 
 

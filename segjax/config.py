@@ -29,6 +29,12 @@ class DataConfig:
     val_fraction: float = option(0.1, "share of labelled images held out for validation")
     test_fraction: float = option(0.0, "share held out as a local test split (never trained on)")
     split_seed: int = option(0, "seed of the train/val/test split (not the training seed)")
+    folds: int = option(
+        0,
+        "k-fold cross-validation: deal the labelled images outside the --test-fraction "
+        "hold-out into K folds; --fold says which one validates (0 = one --val-fraction split)",
+    )
+    fold: int = option(0, "the fold that validates; the others train (set by --fold)", flag="")
     cache_dir: str = option(
         "auto", "where decoded arrays are cached as .npy (auto: $SEGJAX_CACHE/arrays, '' = none)"
     )

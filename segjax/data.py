@@ -305,9 +305,19 @@ def channel_stats(images: np.ndarray, chunk: int = 64) -> tuple[tuple[float, ...
 
 
 def split(
-    n: int, seed: int, val_fraction: float = 0.1, test_fraction: float = 0.0
+    n: int,
+    seed: int,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    folds: int = 0,
+    fold: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Deterministic seeded split of range(n) into sorted 'train', 'val' and 'test' indices."""
+    """Deterministic seeded split of range(n) into sorted 'train', 'val' and 'test' indices.
+
+    With `folds` K: the test hold-out is the one the same arguments give without folds (so
+    scores compare with single runs); the other images are dealt into K folds (`fold_of`),
+    fold `fold` validates and the others train.
+    """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise DataError(
             "--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1"
@@ -319,11 +329,23 @@ def split(
         n_val = 1
     if n - n_val - n_test < 1:
         raise DataError(f"only {n} labelled images: too few to split")
-    return {
-        "val": np.sort(order[:n_val]),
-        "test": np.sort(order[n_val : n_val + n_test]),
-        "train": np.sort(order[n_val + n_test :]),
-    }
+    test = np.sort(order[n_val : n_val + n_test])
+    if folds:
+        if folds < 2 or not 0 <= fold < folds:
+            raise DataError(f"--folds {folds} --fold {fold}: need K >= 2 and 0 <= fold < K")
+        pool = np.setdiff1d(np.arange(n), test)
+        if len(pool) < folds:
+            raise DataError(f"only {len(pool)} labelled images outside the hold-out: < {folds}")
+        which = fold_of(len(pool), seed, folds)
+        return {"val": pool[which == fold], "test": test, "train": pool[which != fold]}
+    return {"val": np.sort(order[:n_val]), "test": test, "train": np.sort(order[n_val + n_test :])}
+
+
+def fold_of(n: int, seed: int, folds: int) -> np.ndarray:
+    """The fold of each of n images: a seeded shuffle dealt round-robin (sizes differ by <= 1)."""
+    which = np.empty(n, np.int64)
+    which[np.random.default_rng([seed, folds]).permutation(n)] = np.arange(n) % folds
+    return which
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from segjax import metrics, postprocess, predict, sources, tune, viz
+from segjax import ensemble, metrics, postprocess, sources, viz
 from segjax.errors import UserError
 from segjax.files import write_text
 from segjax.postprocess import PostProcess
 
 
-def _counts(probs, sizes, truths, params: PostProcess, use_pp: bool) -> np.ndarray:
-    def one(i):
-        pred = postprocess.apply(predict.resize_prob(probs[i], sizes[i]), params, use_pp)
-        return metrics.confusion_counts_np(pred, truths[i])
-
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        return np.stack(list(pool.map(one, range(len(probs)))))
-
-
 def evaluate_run(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | Sequence[str | os.PathLike] | None,
     split: str = "val",
     which: str = "best",
     batch_size: int | None = None,
@@ -33,64 +26,86 @@ def evaluate_run(
 ) -> dict:
     """Metrics with and without post-processing and flip TTA; worst 8 images as a PNG.
 
-    Writes <out_dir>/evaluation_<split>.json and <out_dir>/worst_<split>.png (default: the run).
+    `run_dir` is one run, a k-fold folder or a list of runs (their mean probability; on 'val',
+    each image by the runs that validate it: out of fold for folds). Writes
+    <out_dir>/evaluation_<split>.json and <out_dir>/worst_<split>.png (default: the run).
     """
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir else run_dir
-    loaded = predict.load_run(run_dir, which)
-    config, splits = sources.load_splits(loaded.config)
-    indices = {"val": splits.val, "test": splits.test}[split]
+    paths = [run_dir] if isinstance(run_dir, str | os.PathLike) else run_dir
+    group = ensemble.load(paths, which)
+    if out_dir is None and group.home is None:
+        raise UserError("several runs: say where the evaluation goes with --out-dir")
+    out_dir = Path(out_dir) if out_dir else group.home
+    arrays = ensemble.decode(group, sources.load_labelled)
+    indices, covers = ensemble.split_of(group, arrays[0], split)
     if not len(indices):
         raise UserError(
-            f"{run_dir}: the run has no {split!r} split (train with --test-fraction for 'test')"
+            f"{group.home or 'the runs'}: no {split!r} split (train with --test-fraction for "
+            "'test')"
         )
-    truths = sources.original_masks(config.data, [splits.arrays.ids[i] for i in indices])
-    tuned = tune.load_tuned(run_dir)
-    params = tuned[0] if tuned else PostProcess()
-    batch = batch_size or config.train.eval_batch_size
-    results, per_image = _score(loaded, splits.arrays.images[indices], truths, params, batch)
-    dice, probs = per_image[f"tta={'on' if tuned and tuned[1] else 'off'} postprocess=on"]
+    first = group.members[0].loaded
+    truths = sources.original_masks(first.config.data, [arrays[0].ids[i] for i in indices])
+    params = ensemble.postprocess(group)
+    images = [a.images[indices] for a in arrays]
+    results, per_image = _score(group, images, truths, covers, params, batch_size)
+    tta = all(m.tta for m in group.members)
+    dice = per_image[f"tta={'on' if tta else 'off'} postprocess=on"]
     worst = np.argsort(dice, kind="stable")[:8]
-    captions = [f"{splits.arrays.ids[indices[w]]} Dice {dice[w]:.3f}" for w in worst]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _draw_worst(
-        splits.arrays,
-        indices[worst],
-        probs[worst],
-        params,
-        captions,
-        out_dir / f"worst_{split}.png",
+    captions = [f"{arrays[0].ids[indices[w]]} Dice {dice[w]:.3f}" for w in worst]
+    size = tuple(first.config.data.image_size)  # drawn at the (first) run's training size
+    chunks = ensemble.mean_probs(
+        ensemble.with_tta(group, tta),
+        [i[worst] for i in images],
+        [size] * len(worst),
+        covers[:, worst],
+        batch_size,
     )
+    probs = [p for _, part in chunks for p in part]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _draw_worst(arrays[0], indices[worst], probs, params, captions, out_dir / f"worst_{split}.png")
     report = {
         "split": split,
         "images": len(indices),
-        "checkpoint": loaded.step,
+        "checkpoint": first.step,
+        "runs": ensemble.summary(group),
         "postprocess": params.__dict__,
         "results": results,
         "worst": dict(zip(captions, [float(dice[w]) for w in worst], strict=True)),
     }
     write_text(out_dir / f"evaluation_{split}.json", json.dumps(report, indent=2) + "\n")
-    return report
+    return {**report, "out_dir": str(out_dir)}
 
 
-def _score(loaded, images, truths, params: PostProcess, batch: int):
+def _counts(index, prob, truths, params: PostProcess, use_pp: bool) -> np.ndarray:
+    pred = postprocess.apply(prob, params, use_pp)
+    return metrics.confusion_counts_np(pred, truths[index])
+
+
+def _score(group, images, truths, covers, params: PostProcess, batch_size):
     """Metrics for the four settings (TTA, post-processing each on or off), at original size.
 
-    Returns (results by setting, (per-image Dice, probabilities) by setting).
+    Returns (results by setting, per-image Dice by setting).
     """
     sizes = [t.shape for t in truths]
     results, per_image = {}, {}
-    for tta in (False, True):
-        probs = predict.predict_all(loaded, images, batch, tta)
-        for use_pp in (False, True):
-            key = f"tta={'on' if tta else 'off'} postprocess={'on' if use_pp else 'off'}"
-            counts = _counts(probs, sizes, truths, params, use_pp)
-            tp, fp, fn, tn = (int(v) for v in counts.sum(axis=0))
-            results[key] = {
-                **metrics.summarize(counts),
-                "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
-            }
-            per_image[key] = (metrics.per_image_dice(counts), probs)
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        for tta in (False, True):
+            counts: dict[bool, list] = {False: [], True: []}
+            chunks = ensemble.mean_probs(
+                ensemble.with_tta(group, tta), images, sizes, covers, batch_size, pool=pool
+            )
+            for part, probs in chunks:
+                for use_pp in (False, True):
+                    one = functools.partial(_counts, truths=truths, params=params, use_pp=use_pp)
+                    counts[use_pp] += pool.map(one, part, probs)
+            for use_pp in (False, True):
+                key = f"tta={'on' if tta else 'off'} postprocess={'on' if use_pp else 'off'}"
+                stacked = np.stack(counts[use_pp])
+                tp, fp, fn, tn = (int(v) for v in stacked.sum(axis=0))
+                results[key] = {
+                    **metrics.summarize(stacked),
+                    "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+                }
+                per_image[key] = metrics.per_image_dice(stacked)
     return results, per_image
 
 
@@ -115,7 +130,7 @@ def _draw_worst(arrays, indices, probs, params: PostProcess, captions, path: Pat
 def format_report(report: dict) -> str:
     """A small fixed-width table of the four settings."""
     lines = [
-        f"{report['split']} split, {report['images']} images, checkpoint {report['checkpoint']}",
+        f"{report['split']} split, {report['images']} images, {report['runs']}",
         f"{'setting':32s} {'mDice':>7s} {'gDice':>7s} {'gIoU':>7s} {'prec':>7s} {'recall':>7s} "
         f"{'acc':>7s}",
     ]

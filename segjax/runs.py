@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ from segjax.config import Config, load_config
 from segjax.errors import UserError
 
 RUNS_ROOT = Path("runs")
+FOLDS_FILE = "folds.json"  # marks a k-fold folder: runs/<name>/fold-<I>/ are its runs
 # Everything segjax writes into a run folder (--overwrite removes these and nothing else).
 RUN_FILES = (
     "config.json",
@@ -27,6 +29,7 @@ RUN_FILES = (
     "evaluation_test.json",
     "worst_val.png",
     "worst_test.png",
+    FOLDS_FILE,
 )
 # Settings a resume may change: they do not change the model, data, split, loss or optimizer.
 RESUMABLE = {
@@ -48,16 +51,37 @@ def new_run_dir(root: str | os.PathLike, name: str | None, arch: str) -> Path:
     return path
 
 
-def newest_run(root: str | os.PathLike = RUNS_ROOT) -> Path:
-    """The most recently modified run folder (one holding config.json) under root."""
+def newest_run(root: str | os.PathLike = RUNS_ROOT, folds: bool = False) -> Path:
+    """The most recently modified run folder (one holding config.json) under root; with
+    `folds`, k-fold folders (holding folds.json) count too."""
     root = Path(root)
-    runs = [p.parent for p in root.glob("*/config.json")] if root.is_dir() else []
-    if not runs:
+    marks = ("config.json", FOLDS_FILE) if folds else ("config.json",)
+    found = [p for mark in marks for p in root.glob(f"*/{mark}")] if root.is_dir() else []
+    if not found:
         raise UserError(
             f"no runs under {root.absolute()}: train one first (python scripts/train.py), "
             "or pass --run-dir"
         )
-    return max(runs, key=lambda p: (p / "config.json").stat().st_mtime)
+    return max(found, key=lambda p: p.stat().st_mtime).parent
+
+
+def is_folds(folder: Path) -> bool:
+    return (Path(folder) / FOLDS_FILE).is_file()
+
+
+def fold_dir(folder: Path, fold: int) -> Path:
+    return Path(folder) / f"fold-{fold}"
+
+
+def load_folds(folder: Path) -> dict:
+    """folds.json: {"folds": K, "done": [finished folds], "config": the folds' config}."""
+    path = Path(folder) / FOLDS_FILE
+    try:
+        record = json.loads(path.read_text())
+        record["folds"], record["done"], record["config"]  # noqa: B018
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{path}: not a segjax folds record ({err})") from err
+    return record
 
 
 def has_checkpoints(run_dir: Path) -> bool:
@@ -125,9 +149,12 @@ def resume_config(run_dir: Path, given: dict[tuple[str, str], tuple[str, Any]]) 
     whose value equals the saved one is fine (the original command with --resume appended
     works); one that would change the model, data, split, loss or optimizer is an error.
     """
-    if not (run_dir / "config.json").exists():
+    if is_folds(run_dir):
+        config = Config.from_dict(load_folds(run_dir)["config"])
+    elif (run_dir / "config.json").exists():
+        config = load_config(run_dir / "config.json")
+    else:
         raise UserError(f"{run_dir}: no config.json, so nothing to resume; train without --resume")
-    config = load_config(run_dir / "config.json")
     changes: dict[str, dict[str, Any]] = {}
     refused = []
     for (section, field), (flag, value) in given.items():

@@ -168,11 +168,16 @@ def normalization(config: Config, train_images: np.ndarray) -> tuple[tuple, tupl
     return (), ()
 
 
+def split(d: DataConfig, n: int) -> dict[str, np.ndarray]:
+    """The run's 'train', 'val' and 'test' indices of its n labelled images."""
+    return data.split(n, d.split_seed, d.val_fraction, d.test_fraction, d.folds, d.fold)
+
+
 def load_splits(config: Config) -> tuple[Config, Splits]:
     """Decode the labelled images, split them, and fill in the normalisation statistics."""
     d = config.data
     arrays = load_labelled(d)
-    parts = data.split(len(arrays.ids), d.split_seed, d.val_fraction, d.test_fraction)
+    parts = split(d, len(arrays.ids))
     if len(parts["train"]) < config.train.batch_size:
         raise data.DataError(
             f"{len(parts['train'])} training images: fewer than one batch "

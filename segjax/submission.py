@@ -11,13 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
-import numpy as np
 from tqdm.auto import tqdm
 
 from segjax import postprocess, rle
+from segjax.errors import UserError
 from segjax.files import write_text
 from segjax.postprocess import PostProcess
-from segjax.predict import resize_prob
 
 HEADER = ("id", "encoded_pixels")
 
@@ -28,8 +27,9 @@ class Report:
     rows: int
     empty_fraction: float
     postprocess: PostProcess
-    tta: bool
-    checkpoint: int
+    tta: bool  # flip TTA (for several runs: every run's)
+    checkpoint: int  # the (first) run's checkpoint
+    runs: str = ""  # what was averaged: "checkpoint 7", or "5 runs averaged (...)"
 
 
 def write_csv(path: str | os.PathLike, ids: Sequence[str], rles: Sequence[str]) -> None:
@@ -76,12 +76,8 @@ def validate(
     return empty / max(1, len(body))
 
 
-def encode_one(prob: np.ndarray, size, params: PostProcess, use_pp: bool, order: str) -> str:
-    return rle.encode(postprocess.apply(resize_prob(prob, size), params, use_pp), order)
-
-
 def make_submission(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | Sequence[str | os.PathLike] | None,
     data_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     which: str = "best",
@@ -94,41 +90,45 @@ def make_submission(
 ) -> Report:
     """Predict every test image of the data folder and write <run>/submission.csv.
 
-    Defaults come from the run: its data folder, best checkpoint and tuned.json.
+    `run_dir` is one run, a k-fold folder, or a list of runs (see `segjax.ensemble`): their
+    probabilities are averaged at each image's original size, then one threshold and
+    post-processing apply. Defaults come from the runs: their data folder, best checkpoint,
+    TTA and tuning.
     """
-    from segjax import predict, sources, tune
+    from segjax import ensemble, sources
 
-    run_dir = Path(run_dir)
-    loaded = predict.load_run(run_dir, which)
-    arrays = sources.load_test(loaded.config.data, data_dir)
-    params, tta = tune.settings(run_dir, threshold, tta)
-    if not use_postprocess:
-        params = PostProcess(params.threshold)
-    batch = batch_size or loaded.config.train.eval_batch_size
-    rles = _encode_all(loaded, arrays, batch, tta, params, order, progress)
-    path = Path(out) if out else run_dir / "submission.csv"
+    paths = [run_dir] if isinstance(run_dir, str | os.PathLike) else run_dir
+    group = ensemble.load(paths, which, tta)
+    if out is None and group.home is None:
+        raise UserError("several runs: say where the submission goes with --out")
+    path = Path(out) if out else group.home / "submission.csv"
+    arrays = ensemble.decode(group, lambda d: sources.load_test(d, data_dir))
+    params = ensemble.postprocess(group, threshold, use_postprocess)
+    rles = _encode_all(group, arrays, batch_size, params, order, progress)
+    ids, sizes = arrays[0].ids, [tuple(s) for s in arrays[0].sizes]
     empty = sum(r == "" for r in rles) / len(rles)
     if jax.process_index() == 0:  # every process took part in predicting; one writes
-        write_csv(path, arrays.ids, rles)
-        empty = validate(path, arrays.ids, [tuple(s) for s in arrays.sizes])
-    return Report(path, len(rles), empty, params, tta, loaded.step)
+        write_csv(path, ids, rles)
+        empty = validate(path, ids, sizes)
+    first = group.members[0]
+    every = all(m.tta for m in group.members)
+    return Report(path, len(rles), empty, params, every, first.loaded.step, ensemble.summary(group))
 
 
-def _encode_all(loaded, arrays, batch: int, tta: bool, params, order: str, progress) -> list:
-    """The RLE of every image, predicted batch by batch, encoded in a thread pool meanwhile."""
-    from segjax import predict
+def _encode_all(group, arrays, batch_size, params: PostProcess, order: str, progress) -> list:
+    """The RLE of every image: the runs' mean probability at its size, post-processed and
+    encoded in a thread pool, chunk by chunk."""
+    from segjax import ensemble
 
-    rles: list[str] = [""] * len(arrays.ids)
-    bar = tqdm(total=len(arrays.ids), desc="predict", unit="img", disable=not progress)
+    sizes = [tuple(s) for s in arrays[0].sizes]
+    rles: list[str] = [""] * len(sizes)
+    bar = tqdm(total=len(sizes), desc="predict", unit="img", disable=not progress)
+    encode = lambda prob: rle.encode(postprocess.apply(prob, params, params.active), order)
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        for idx, probs in predict.iterate_probs(loaded, arrays.images, batch, tta):
-            sizes = [tuple(arrays.sizes[i]) for i in idx]
-            encoded = pool.map(
-                lambda a: encode_one(*a, params, params.active, order),
-                zip(probs, sizes, strict=True),
-            )
-            for i, text in zip(idx, encoded, strict=True):
+        images = [a.images for a in arrays]
+        for part, probs in ensemble.mean_probs(group, images, sizes, None, batch_size, pool=pool):
+            for i, text in zip(part, pool.map(encode, probs), strict=True):
                 rles[i] = text
-            bar.update(len(idx))
+            bar.update(len(part))
     bar.close()
     return rles

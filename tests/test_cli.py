@@ -168,6 +168,9 @@ def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
         (["--image-size", "8"], "error: --image-size 8x8 is smaller than the model's total stride"),
         (["--image-size", "a"], "error: --image-size: image size 'a': expected N or HxW"),
         (["--val-fraction", "0.7", "--test-fraction", "0.5"], "error: --val-fraction and"),
+        (["--folds", "3"], "error: --folds K and --fold I|all come together"),
+        (["--folds", "3", "--fold", "one"], "error: --fold one: expected a fold number or all"),
+        (["--folds", "3", "--fold", "3"], "error: --folds 3 --fold 3: need K >= 2 and 0 <= fold"),
     ],
 )
 def test_user_errors_exit_2_with_one_line_and_no_traceback(argv, message, tmp_path, capsys):
