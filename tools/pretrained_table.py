@@ -172,7 +172,9 @@ together; the number of epochs is the planner's), at 192x128 unless the row says
 batch 8, Adam at 1e-3 with a cosine schedule, BCE + Dice, basic augmentation unless the row says
 otherwise. "Train img/s" is the mean over epochs after the first, in the training loop. The
 MediaPipe row is `benchmarks/mediapipe_reference.py` on the same 80 photos (0.9394 on all 803).
-The seed-to-seed spread of these scores is about 0.003 (docs/experiments.md).
+The seed-to-seed spread of these scores is about 0.003 (docs/experiments.md). The runs were
+made at commit 0e7a612; the time-budget planner has since been made less conservative (it
+times steps after a warm-up and keeps no 5% margin), so a re-run plans about one epoch more.
 
 """
 
