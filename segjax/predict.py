@@ -32,6 +32,11 @@ def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
     into shapes from `jax.eval_shape` of the model's init: no training state is built.
     """
     run_dir = Path(run_dir)
+    if (run_dir / "folds.json").exists():
+        raise UserError(
+            f"{run_dir} is a k-fold folder: name one of its runs ({run_dir}/fold-0, ...); "
+            "submit.py and evaluate.py take the folder as one ensemble"
+        )
     if not (run_dir / "config.json").exists():
         raise UserError(f"{run_dir}: no config.json (not a segjax run folder); check --run-dir")
     config = load_config(run_dir / "config.json")

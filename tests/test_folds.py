@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from segjax import data, ensemble, folds, runs, sources, submission, train
+from segjax import data, ensemble, folds, predict, runs, sources, submission, train
 from segjax.errors import UserError
 from segjax.evaluate import evaluate_run
 from tests.conftest import make_tiny_config
@@ -80,6 +80,8 @@ def test_fold_all_resumes_skips_finished_folds_and_tunes_out_of_fold(
     assert report.runs.startswith("2 runs averaged")
     evaluated = evaluate_run(None, "val")
     assert evaluated["images"] == 40 and evaluated["runs"].startswith("2 runs")
+    with pytest.raises(UserError, match="is a k-fold folder: name one of its runs"):
+        predict.load_run(tmp_path / "runs/kfold")  # predict.py and export.py take one run
 
     removed = tmp_path / "runs/kfold"
     (removed / "notes.txt").write_text("mine")
