@@ -224,32 +224,20 @@ def _train(args: argparse.Namespace) -> None:
         )
         config = dataclasses.replace(config, name=run_dir.name)
     print(f"run folder: {run_dir}")
-    started = float(os.environ["SEGJAX_START"].partition(":")[2])
-    if fold_all:
-        if args.stop_at_epoch:
-            raise UserError("--stop-at-epoch is for one run; with --fold all use --time-budget")
-        folds.train_folds(
-            config,
-            run_dir,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            tune=not args.no_tune,
-            progress=not args.no_progress,
-            time_budget=args.time_budget,
-            started=started,
-        )
-        return
-    train.train_and_tune(
-        config,
-        run_dir,
+    common = dict(
         resume=args.resume,
         overwrite=args.overwrite,
-        stop_at_epoch=args.stop_at_epoch,
         tune=not args.no_tune,
         progress=not args.no_progress,
         time_budget=args.time_budget,
-        started=started,
+        started=float(os.environ["SEGJAX_START"].partition(":")[2]),
     )
+    if fold_all:
+        if args.stop_at_epoch:
+            raise UserError("--stop-at-epoch is for one run; with --fold all use --time-budget")
+        folds.train_folds(config, run_dir, **common)
+    else:
+        train.train_and_tune(config, run_dir, stop_at_epoch=args.stop_at_epoch, **common)
 
 
 @contextlib.contextmanager
