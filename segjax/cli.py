@@ -329,7 +329,7 @@ def _submit(args: argparse.Namespace) -> None:
     print(
         f"wrote {report.path}: {report.rows} rows, {report.empty_fraction:.1%} empty masks "
         f"({report.runs}, threshold {pp.threshold}, TTA "
-        f"{'on' if report.tta else 'off'}, post-processing {pp if pp.active else 'off'})"
+        f"{'on' if report.tta else 'off'}, post-processing: {pp})"
     )
 
 

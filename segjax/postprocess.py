@@ -21,6 +21,15 @@ class PostProcess:
     def active(self) -> bool:
         return bool(self.open_radius or self.min_area or self.fill_holes)
 
+    def __str__(self) -> str:
+        """What the morphology does, in words ('off' when nothing)."""
+        steps = [
+            f"opening radius {self.open_radius:g} of the shorter side" if self.open_radius else "",
+            f"components under {self.min_area:.1%} of the image removed" if self.min_area else "",
+            "holes filled" if self.fill_holes else "",
+        ]
+        return ", ".join(s for s in steps if s) or "off"
+
 
 def disk(radius: int) -> np.ndarray:
     y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
