@@ -99,7 +99,8 @@ def train_parser() -> argparse.ArgumentParser:
         metavar="MINUTES",
         help="the whole command (decoding, compiling, training, tuning) ends within this many "
         "minutes, counted from its start: the epochs that fit are planned once, before the "
-        "first update (with --epochs too, the smaller wins) and saved as --epochs",
+        "first update (with --epochs too, the smaller wins) and saved as --epochs; with --fold "
+        "all, the budget is for all folds together",
     )
     parser.add_argument("--no-tune", action="store_true", help="skip threshold tuning at the end")
     _distributed_flags(parser)
