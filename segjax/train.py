@@ -325,7 +325,7 @@ def _plan(setup: Setup, state, record: dict, minutes: float | None, started: flo
 
         epochs = int(multihost_utils.broadcast_one_to_all(np.int32(epochs)))
     print(
-        f"time budget {minutes:g} min: {epochs} epochs planned ({epoch_s:.1f} s an epoch, "
+        f"time budget {minutes:.3g} min: {epochs} epochs planned ({epoch_s:.1f} s an epoch, "
         f"{reserve_s:.0f} s kept for tuning); the schedule spans {epochs} epochs",
         flush=True,
     )
