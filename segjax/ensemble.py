@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from segjax import data, predict, runs, sources, tune
@@ -192,23 +193,21 @@ def postprocess(ensemble: Ensemble, threshold: float | None = None, use: bool = 
     elif ensemble.folder is not None and (ensemble.folder / "tuned.json").exists():
         params = tune.load_tuned(ensemble.folder)[0]
     else:
-        params, report = tune_ensemble(ensemble)
-        if ensemble.folder is not None:
-            save_tuned(ensemble, params, report)
+        params, _ = tune_and_keep(ensemble)
     if threshold is not None:
         params = dataclasses.replace(params, threshold=threshold)
     return params if use else PostProcess(params.threshold)
 
 
-def save_tuned(ensemble: Ensemble, params: PostProcess, report: dict) -> None:
-    """<folder>/tuned.json: the ensemble's post-processing and each member's TTA."""
-    import jax
-
-    if ensemble.folder is None or jax.process_index() != 0:
-        return
-    ttas = [m.tta for m in ensemble.members]
-    extra = {"runs": ensemble.names, "member_tta": ttas, **report}
-    tune.save_tuned(ensemble.folder / "tuned.json", params, all(ttas), extra)
+def tune_and_keep(ensemble: Ensemble) -> tuple[PostProcess, dict]:
+    """`tune_ensemble`; a k-fold folder keeps the result in <folder>/tuned.json (with each
+    member's TTA), so later submissions and evaluations read it instead of tuning again."""
+    params, report = tune_ensemble(ensemble)
+    if ensemble.folder is not None and jax.process_index() == 0:
+        ttas = [m.tta for m in ensemble.members]
+        extra = {"runs": ensemble.names, "member_tta": ttas, **report}
+        tune.save_tuned(ensemble.folder / "tuned.json", params, all(ttas), extra)
+    return params, report
 
 
 def summary(ensemble: Ensemble) -> str:

@@ -108,9 +108,7 @@ def train_folds(
         done.append(fold)
         _save_record(folder, config, done)
     if tune:
-        members = ensemble.load([folder])
-        params, report = ensemble.tune_ensemble(members)
-        ensemble.save_tuned(members, params, report)
+        params, report = ensemble.tune_and_keep(ensemble.load([folder]))
         print(
             f"ensemble of {k} folds tuned on {report['val_images']} out-of-fold images: "
             f"threshold {params.threshold}, mean Dice {report['dice_at_0.5']:.4f} at 0.5 -> "

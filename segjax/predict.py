@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from segjax import augment, checkpoint, data, parallel
+from segjax import augment, checkpoint, data, parallel, runs
 from segjax.config import Config, load_config
 from segjax.errors import UserError
 from segjax.models import create_model, legacy_layout, upgrade_layout
@@ -32,7 +32,7 @@ def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
     into shapes from `jax.eval_shape` of the model's init: no training state is built.
     """
     run_dir = Path(run_dir)
-    if (run_dir / "folds.json").exists():
+    if runs.is_folds(run_dir):
         raise UserError(
             f"{run_dir} is a k-fold folder: name one of its runs ({run_dir}/fold-0, ...); "
             "submit.py and evaluate.py take the folder as one ensemble"

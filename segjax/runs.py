@@ -78,9 +78,11 @@ def load_folds(folder: Path) -> dict:
     path = Path(folder) / FOLDS_FILE
     try:
         record = json.loads(path.read_text())
-        record["folds"], record["done"], record["config"]  # noqa: B018
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError) as err:
         raise UserError(f"{path}: not a segjax folds record ({err})") from err
+    missing = {"folds", "done", "config"} - set(record)
+    if missing:
+        raise UserError(f"{path}: not a segjax folds record (no {', '.join(sorted(missing))})")
     return record
 
 
