@@ -13,14 +13,21 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax import data, losses, parallel, predict, sources, train
-from segjax.config import Config, DataConfig, ModelConfig, TrainConfig
-from segjax.models import create_model
+from segjax import losses, parallel
+from segjax.config import Config, DataConfig, ModelConfig, RunFacts, TrainConfig
+from segjax.data import decode, sources
+from segjax.inference import predictor
+from segjax.models.builder import create_model
+from segjax.train import loop
+from segjax.train.progress import Progress
+from segjax.train.start import COMPUTE_DTYPES, Setup
+from segjax.train.step import create_steps, create_train_state
 
 
 def bench_config(
@@ -34,16 +41,16 @@ def bench_config(
     upsample: str = "transpose",
 ):
     return Config(
-        data=DataConfig(image_size=size, mean=(0.45,) * 3, std=(0.25,) * 3, normalize="dataset"),
-        model=ModelConfig(
-            arch=arch,
-            encoder=encoder,
-            upsample=upsample,
-            features=features,
-            dtype="bfloat16" if precision == "bf16" else "float32",
-        ),
+        data=DataConfig(image_size=size, normalize="dataset"),
+        model=ModelConfig(arch=arch, encoder=encoder, upsample=upsample, features=features),
         train=TrainConfig(batch_size=batch, eval_batch_size=batch, aug=aug, precision=precision),
     )
+
+
+def bench_facts(config: Config) -> RunFacts:
+    """What a run would find: fixed normalisation statistics, the precision's dtype."""
+    dtype = COMPUTE_DTYPES[config.train.precision]
+    return RunFacts(mean=(0.45,) * 3, std=(0.25,) * 3, dtype=dtype, epochs=config.train.epochs)
 
 
 def param_count(config: Config) -> int:
@@ -67,7 +74,7 @@ def flops(fn, *args, compile: bool = True) -> float:
 
 def forward_backward_gflops(config: Config, compile: bool = True) -> float:
     """XLA's count of floating-point operations for forward + backward of one image."""
-    model = create_model(config.model)
+    model = create_model(config.model, bench_facts(config).dtype)
     h, w = config.data.image_size
     x = jnp.ones((1, h, w, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
@@ -121,11 +128,11 @@ def bench_train(
     config: Config, steps: int = 10, warmup: int = 2, gflops: float | None = None
 ) -> Result:
     """Median step time on staged batches, then the same loop feeding batches from host memory."""
-    tc = config.train
+    tc, facts = config.train, bench_facts(config)
     mesh = parallel.create_mesh()
-    fns = train.create_steps(config, mesh, 100)
+    fns = create_steps(config, facts, mesh, 100)
     state = jax.device_put(
-        train.create_train_state(config, jax.random.key(0), 100), parallel.replicated(mesh)
+        create_train_state(config, jax.random.key(0), 100, facts), parallel.replicated(mesh)
     )
     h, w = config.data.image_size
     rng = np.random.default_rng(0)
@@ -156,7 +163,7 @@ def bench_train(
     jax.block_until_ready(out)
     fed = (time.perf_counter() - t) / steps
     predict_fn = functools.partial(
-        predict.create_predict_fn(config, mesh, tta=False),
+        predictor.create_predict_fn(config, facts, mesh, tta=False),
         {"params": state.params, "batch_stats": state.batch_stats},
     )
     predict_fn(staged["image"]).block_until_ready()
@@ -182,29 +189,30 @@ def bench_loop(config: Config, steps: int = 30) -> dict[str, float]:
     """Loop efficiency: the real training loop's steps/s over the bare jitted step's.
 
     (a) the train step, with the config's augmentation, on one device-resident batch; (b) the
-    loop that `fit` runs (`train._train_epoch`: gathering from decoded arrays, feeding, loss
+    loop that `fit` runs (`loop.train_epoch`: gathering from decoded arrays, feeding, loss
     read-back, progress bar) over `steps` batches of in-memory images. Each is timed after a
     warm-up pass that compiles it.
     """
     import contextlib
     import io
 
-    tc = config.train
+    tc, facts = config.train, bench_facts(config)
     mesh = parallel.create_mesh()
-    fns = train.create_steps(config, mesh, 100)
+    fns = create_steps(config, facts, mesh, 100)
     state = jax.device_put(
-        train.create_train_state(config, jax.random.key(0), steps), parallel.replicated(mesh)
+        create_train_state(config, jax.random.key(0), steps, facts), parallel.replicated(mesh)
     )
     h, w = config.data.image_size
     rng = np.random.default_rng(0)
     n = steps * tc.batch_size
-    arrays = data.Arrays(
+    arrays = decode.Arrays(
         tuple(f"{i}.png" for i in range(n)),
         rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8),
         rng.integers(0, 2, (n, h, w), dtype=np.uint8),
         np.full((n, 2), (h, w), np.int32),
     )
     splits = sources.Splits(arrays, np.arange(n), np.arange(0), np.arange(0))
+    setup = Setup(config, facts, Path("."), splits, steps, fns, mesh, None, True)
     key = jax.random.key(1)
     batch = parallel.shard_batch(
         {"image": arrays.images[: tc.batch_size], "mask": arrays.masks[: tc.batch_size]}, mesh
@@ -217,16 +225,14 @@ def bench_loop(config: Config, steps: int = 30) -> dict[str, float]:
         state, out = fns.train(state, batch, key)
     jax.block_until_ready(out)
     bare = steps / (time.perf_counter() - t)
-    loop = 0.0
+    looped = 0.0
     with contextlib.redirect_stderr(io.StringIO()):  # the progress bar is drawn, not shown
         for epoch in range(2):  # the first pass compiles nothing new but warms the feeder
             t = time.perf_counter()
-            state, _, _, _ = train._train_epoch(
-                fns, state, splits, tc, epoch, 0, mesh, key, None, True
-            )
+            state = loop.train_epoch(setup, state, Progress(epoch=epoch), key, True).state
             jax.block_until_ready(state.params)
-            loop = steps / (time.perf_counter() - t)
-    return {"loop_steps_per_s": loop, "bare_steps_per_s": bare, "efficiency": loop / bare}
+            looped = steps / (time.perf_counter() - t)
+    return {"loop_steps_per_s": looped, "bare_steps_per_s": bare, "efficiency": looped / bare}
 
 
 def format_results(results: list[Result], peak: float | None) -> str:

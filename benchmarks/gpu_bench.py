@@ -51,17 +51,19 @@ from segjax import runtime
 runtime.configure(deterministic=sys.argv[2] == "1")
 import jax, numpy as np
 from benchmarks import benchmark
-from segjax import parallel, train
+from segjax import parallel
+from segjax.train.step import create_steps, create_train_state
 config = benchmark.bench_config("unet", (int(sys.argv[3]),) * 2, 32, int(sys.argv[4]), "bf16")
+facts = benchmark.bench_facts(config)
 mesh = parallel.create_mesh()
-steps = train.create_steps(config, mesh, 100)
+steps = create_steps(config, facts, mesh, 100)
 rng = np.random.default_rng(0)
 h = int(sys.argv[3])
 batch = parallel.shard_batch({"image": rng.integers(0, 256, (int(sys.argv[4]), h, h, 3), np.uint8),
                               "mask": rng.integers(0, 2, (int(sys.argv[4]), h, h), np.uint8)}, mesh)
 finals, times = [], []
 for _ in range(2):
-    state = train.create_train_state(config, jax.random.key(0), 100)
+    state = create_train_state(config, jax.random.key(0), 100, facts)
     for i in range(8):
         if i == 3:
             jax.block_until_ready(state.params); t = time.perf_counter()

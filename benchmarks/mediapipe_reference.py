@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segjax import data  # noqa: E402  (numpy and Pillow only: no JAX needed here)
+from segjax.data import decode, layout, sampling  # noqa: E402  (numpy and Pillow only)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -49,11 +49,11 @@ def main() -> None:
     interpreter.allocate_tensors()
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     size = tuple(int(v) for v in inp["shape"][1:3])
-    samples = data.discover(args.data_dir).train
-    parts = data.split(len(samples), args.split_seed, args.val_fraction, args.test_fraction)
+    samples = layout.discover(args.data_dir).train
+    parts = sampling.split(len(samples), args.split_seed, args.val_fraction, args.test_fraction)
     scores, tic = {}, time.perf_counter()
     for i, sample in enumerate(samples):
-        image = data.read_image(sample.image)
+        image = decode.read_image(sample.image)
         x = np.asarray(image.resize(size[::-1], Image.Resampling.BILINEAR), np.float32) / 255.0
         interpreter.set_tensor(inp["index"], x[None])
         interpreter.invoke()
@@ -61,7 +61,7 @@ def main() -> None:
         prob = Image.fromarray(prob.astype(np.float32), mode="F").resize(
             image.size, Image.Resampling.BILINEAR
         )
-        scores[i] = dice(np.asarray(prob) >= 0.5, data.read_mask(sample.mask).astype(bool))
+        scores[i] = dice(np.asarray(prob) >= 0.5, decode.read_mask(sample.mask).astype(bool))
     seconds = time.perf_counter() - tic
     held_out = [scores[i] for i in parts["test"]]
     record = {

@@ -1,10 +1,6 @@
 """Write runs/<name>/submission.csv from a run's best checkpoint (see --help)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runs from a plain checkout
-from segjax import cli  # noqa: E402
+from segjax.cli import run
 
 if __name__ == "__main__":
-    cli.submit_main()
+    run("submit")

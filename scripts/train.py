@@ -1,10 +1,6 @@
 """Train a UNet-family model into runs/<name>/: python scripts/train.py --arch attn (see --help)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runs from a plain checkout
-from segjax import cli  # noqa: E402
+from segjax.cli import run
 
 if __name__ == "__main__":
-    cli.train_main()
+    run("train")

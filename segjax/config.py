@@ -12,12 +12,20 @@ from segjax.errors import UserError
 from segjax.files import write_text
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] = (), flag: str | None = None):
-    """A config field with the help text and allowed values its command-line flag shows.
+def option(
+    default: Any,
+    help: str,
+    choices: tuple[str, ...] | str = (),
+    flag: str | None = None,
+    metavar: str | None = None,
+):
+    """A setting with the help text and allowed values its command-line flag shows.
 
-    `flag=""` keeps a field off the command line (filled in by segjax, or set by another flag).
+    `choices` is a tuple of values, or the name of a registry (`"encoders"`, `"archs"`,
+    `"losses"`) whose entries are the values; `flag=""` keeps a field off the command line
+    (set by another flag).
     """
-    meta = {"help": help, "choices": choices, "flag": flag}
+    meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -44,26 +52,17 @@ class DataConfig:
         "(mean/std of the training images), imagenet or none",
         ("auto", "dataset", "imagenet", "none"),
     )
-    mean: tuple[float, ...] = option((), "per-channel mean in [0, 1], filled in", flag="")
-    std: tuple[float, ...] = option((), "per-channel std in [0, 1], filled in", flag="")
 
     @property
     def channels(self) -> int:
         return 1 if self.grayscale else 3
 
 
-ARCH_NAMES = ("unet", "unet-valid", "attn", "resunet", "unetpp")  # segjax.models.ARCHS
-ENCODER_NAMES = ("scratch", "efficientnet-lite0", "efficientnet-lite2", "resnet18", "resnet34")
-LOSS_NAMES = ("bce", "dice", "bce_dice", "focal", "tversky", "focal_tversky", "edge_bce_dice")
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    arch: str = option("unet", "the decoder", ARCH_NAMES)
+    arch: str = option("unet", "the decoder", "archs")
     encoder: str = option(
-        "efficientnet-lite0",
-        "the encoder: the UNet's own, or an ImageNet classifier",
-        ENCODER_NAMES,
+        "efficientnet-lite0", "the encoder: the UNet's own, or an ImageNet classifier", "encoders"
     )
     encoder_weights: str = option(
         "imagenet",
@@ -75,7 +74,6 @@ class ModelConfig:
         "pretrained encoder's BatchNorm: train, or frozen at ImageNet's",
         ("train", "frozen"),
     )
-    encoder_source: str = option("", "the weights file read at the start, its sha256", flag="")
     features: int = option(16, "channels at full resolution, doubled at every level down")
     depth: int = option(4, "2x2 poolings of the scratch encoder (pretrained encoders: 5)")
     batch_norm: bool = option(True, "BatchNorm after every convolution")
@@ -89,7 +87,6 @@ class ModelConfig:
         "up-convolution) or resize (bilinear + 1x1)",
         ("nearest", "transpose", "resize"),
     )
-    dtype: str = option("float32", "compute dtype; set by --precision", flag="")
     deep_supervision: bool = option(False, "unetpp: average the logits of all its heads")
 
 
@@ -97,7 +94,7 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = option(8, "global batch, split over all devices")
     eval_batch_size: int = option(16, "evaluation and prediction batch (last one padded)")
-    epochs: int = option(30, "epochs (a --time-budget plan saves its own here)")
+    epochs: int = option(30, "epochs the schedule spans (with --time-budget: at most)")
     lr: float = option(1e-3, "peak learning rate")
     optimizer: str = option("adam", "optimizer (adamw: decoupled weight decay)", ("adam", "adamw"))
     weight_decay: float = option(1e-4, "adamw's weight decay")
@@ -109,7 +106,7 @@ class TrainConfig:
     warmup_epochs: float = option(1.0, "cosine's linear warm-up, in epochs")
     plateau_factor: float = option(0.5, "plateau: the rate's factor when validation stalls")
     plateau_patience: int = option(3, "plateau: epochs without a better validation loss")
-    loss: str = option("bce_dice", "loss", LOSS_NAMES)
+    loss: str = option("bce_dice", "loss", "losses")
     pos_weight: float = option(1.0, "weight of person pixels in BCE terms")
     focal_gamma: float = option(2.0, "focal loss exponent")
     focal_alpha: float = option(0.25, "focal loss weight of person pixels (negative: none)")
@@ -180,6 +177,71 @@ class Config:
         return cls(**kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+    """What a run found out when it started, kept in run.json beside config.json."""
+
+    mean: tuple[float, ...] = ()  # normalisation: per-channel mean in [0, 1] (empty: none)
+    std: tuple[float, ...] = ()  # per-channel std in [0, 1]
+    dtype: str = "float32"  # the model's compute dtype, from --precision
+    epochs: int = 0  # the epochs the schedule spans (a --time-budget plan); 0: not started
+    encoder_source: str = ""  # the pretrained weights file read at the start, and its sha256
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunFacts:
+        return _build(cls, raw)
+
+
+# ---------------------------------------------------------------------------- one command's options
+# How one command runs, not what it trains: never saved with the run. Declared once here, as
+# the settings above, so the command line and docs/cli.md are generated from them.
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How `segjax train` runs."""
+
+    resume: bool = option(
+        False,
+        "continue the run in --run-dir/--name (default: the newest) from its latest checkpoint, "
+        "with its own settings; only --epochs, --early-stop, --eval-batch-size, --preview-every "
+        "and --cache-dir may change",
+    )
+    overwrite: bool = option(
+        False, "the run folder already holds a run: delete the files segjax wrote there and train"
+    )
+    tune: bool = option(True, "tune the threshold and post-processing on validation at the end")
+    progress: bool = option(True, "progress bars")
+    time_budget: float | None = option(
+        None,
+        "minutes for the whole command (decoding, compiling, training, tuning), counted from its "
+        "start: the epochs that fit are planned once, before the first update (with --epochs "
+        "too, the smaller wins); with --fold all, for all folds together",
+        metavar="MINUTES",
+    )
+    stop_at_epoch: int | None = option(
+        None,
+        "stop after this epoch (the schedule still spans --epochs); continue later with --resume",
+        metavar="N",
+    )
+    started: float | None = option(None, "when the command started (time.time)", flag="")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+    """How `segjax submit`, `evaluate`, `predict` and `export` predict."""
+
+    checkpoint: str = option("best", "best, latest or an epoch number")
+    batch_size: int | None = option(None, "prediction batch (default: the run's --eval-batch-size)")
+    tta: bool | None = option(None, "flip TTA (default: as tuned)")
+    threshold: float | None = option(None, "probability threshold (default: tuned)")
+    postprocess: bool = option(True, "the tuned post-processing after the threshold")
+    progress: bool = option(True, "progress bars")
+
+
 def _build(cls: type, raw: dict[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(raw) - set(fields)
@@ -200,12 +262,20 @@ def save_config(config: Config, path: str | os.PathLike) -> None:
     write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
-def load_config(path: str | os.PathLike) -> Config:
+def load_config(path: str | os.PathLike, raw: dict[str, Any] | None = None) -> Config:
+    """config.json (or `raw`, its content already read) as a Config; errors name the file."""
     path = Path(path)
     try:
-        return Config.from_dict(json.loads(path.read_text()))
+        return Config.from_dict(json.loads(path.read_text()) if raw is None else raw)
     except (OSError, json.JSONDecodeError, ValueError, TypeError) as err:
         raise UserError(f"{path}: not a segjax config ({err})") from err
+
+
+def show(value: Any) -> str:
+    """A setting's value as typed on the command line (sizes as HxW)."""
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return "x".join(map(str, value))
+    return str(value)
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -72,27 +72,26 @@ def edge_bce_dice(logits, masks, pos_weight=1.0, edge_weight=4.0) -> jax.Array:
     return bce(logits, masks, pos_weight, weights) + dice(logits, masks)
 
 
-LOSSES = ("bce", "dice", "bce_dice", "focal", "tversky", "focal_tversky", "edge_bce_dice")
+# --loss: each name builds its (logits, masks) -> scalar function from the train settings.
+LOSSES: dict[str, Callable[[TrainConfig], Callable]] = {
+    "bce": lambda c: functools.partial(bce, pos_weight=c.pos_weight),
+    "dice": lambda c: dice,
+    "bce_dice": lambda c: lambda x, y: bce(x, y, c.pos_weight) + dice(x, y),
+    "focal": lambda c: functools.partial(
+        focal, alpha=c.focal_alpha if c.focal_alpha >= 0 else None, gamma=c.focal_gamma
+    ),
+    "tversky": lambda c: functools.partial(tversky, alpha=c.tversky_alpha, beta=c.tversky_beta),
+    "focal_tversky": lambda c: functools.partial(
+        focal_tversky, alpha=c.tversky_alpha, beta=c.tversky_beta, gamma=c.tversky_gamma
+    ),
+    "edge_bce_dice": lambda c: functools.partial(
+        edge_bce_dice, pos_weight=c.pos_weight, edge_weight=c.edge_weight
+    ),
+}
 
 
 def create_loss(config: TrainConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """The configured loss as a function of (logits, masks)."""
-    c = config
-    table = {
-        "bce": functools.partial(bce, pos_weight=c.pos_weight),
-        "dice": dice,
-        "bce_dice": lambda x, y: bce(x, y, c.pos_weight) + dice(x, y),
-        "focal": functools.partial(
-            focal, alpha=c.focal_alpha if c.focal_alpha >= 0 else None, gamma=c.focal_gamma
-        ),
-        "tversky": functools.partial(tversky, alpha=c.tversky_alpha, beta=c.tversky_beta),
-        "focal_tversky": functools.partial(
-            focal_tversky, alpha=c.tversky_alpha, beta=c.tversky_beta, gamma=c.tversky_gamma
-        ),
-        "edge_bce_dice": functools.partial(
-            edge_bce_dice, pos_weight=c.pos_weight, edge_weight=c.edge_weight
-        ),
-    }
-    if c.loss not in table:
-        raise ValueError(f"unknown loss {c.loss!r}; choose one of {', '.join(LOSSES)}")
-    return table[c.loss]
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    return LOSSES[config.loss](config)

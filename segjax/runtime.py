@@ -94,4 +94,5 @@ def reexec_with_hugepages() -> None:
         return
     os.environ["GLIBC_TUNABLES"] = f"{tunables}:{HUGEPAGES}" if tunables else HUGEPAGES
     os.environ["SEGJAX_NO_REEXEC"] = "1"  # never loop
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+    # The command line as typed (a script, `-m segjax` or the `segjax` command), with options.
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

@@ -18,10 +18,20 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")  # catch [B,H,W] vs [B,H,W,1] mix-ups
 
-from segjax import synthetic  # noqa: E402
-from segjax.config import Config, DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from segjax.config import Config, DataConfig, ModelConfig, RunOptions, TrainConfig  # noqa: E402
+from segjax.data import synthetic  # noqa: E402
 
 CCP = ROOT.parent / "shared" / "data" / "ccp_person"
+# Fixtures that train a run: every test using one belongs to the slow tier.
+TRAINING_FIXTURES = {"trained_run", "straight_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 TINY_SIZES = ((40, 40), (36, 48), (48, 36))
 
 
@@ -55,10 +65,10 @@ def tiny_config(demo_dir) -> Config:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, demo_dir) -> Path:
     """One tiny run, trained and tuned once for every test that reads a finished run."""
-    from segjax import train
+    from segjax import workflows
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train.train_and_tune(make_tiny_config(demo_dir), run_dir, progress=False)
+    workflows.train_and_tune(make_tiny_config(demo_dir), run_dir, RunOptions(progress=False))
     return run_dir
 
 

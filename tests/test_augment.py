@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax import augment
+from segjax.data import augment
 
 
 def checkerboard(h=48, w=40, block=8):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import benchmark
 from segjax.config import replace
@@ -22,6 +23,7 @@ def test_the_flop_count_of_one_convolution_is_the_hand_computed_one():
     assert benchmark.flops(jnp.dot, a, b) == 2 * 5 * 7 * 3
 
 
+@pytest.mark.slow
 def test_bench_train_and_the_loop_run_on_a_tiny_model():
     config = benchmark.bench_config("unet", (32, 32), features=4, batch=2, precision="fp32")
     config = replace(config, model={"depth": 2})

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from segjax import cli, runs
+from segjax.cli import commands, flags
 from segjax.config import Config, load_config, parse_size
 from segjax.errors import UserError
+from segjax.train import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
         "experiments.py",
     ],
 )
+@pytest.mark.slow
 def test_help(script):
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / script), "--help"],
@@ -39,7 +41,7 @@ def test_help(script):
 
 
 def test_flags_map_onto_the_config():
-    args = cli.train_parser().parse_args(
+    args = commands.parser_of("train").parse_args(
         [
             "--data-dir",
             "/d",
@@ -69,7 +71,7 @@ def test_flags_map_onto_the_config():
             "exp",
         ]
     )
-    config = cli.train_config(args)
+    config = flags.train_config(args)
     assert config.name == "exp" and config.data.data_dir == "/d"
     assert config.data.image_size == (256, 192) and config.data.grayscale
     m = config.model
@@ -81,21 +83,21 @@ def test_flags_map_onto_the_config():
         True,
         False,
     )
-    from segjax.train import with_precision  # the library applies --precision, not the CLI
+    from segjax.train.start import COMPUTE_DTYPES  # the library applies --precision, not the CLI
 
-    assert config.train.precision == "bf16" and with_precision(config).model.dtype == "bfloat16"
+    assert config.train.precision == "bf16" and COMPUTE_DTYPES["bf16"] == "bfloat16"
     t = config.train
     assert (t.loss, t.schedule, t.epochs, t.aug) == ("focal_tversky", "plateau", 7, "strong")
 
 
 def test_without_data_dir_the_demo_preset_applies_unless_overridden():
-    config = cli.train_config(cli.train_parser().parse_args([]))
+    config = flags.train_config(commands.parser_of("train").parse_args([]))
     demo = Config.demo()
     assert config.data.data_dir == "" and config.data.image_size == demo.data.image_size
     assert config.model == demo.model and config.train.epochs == demo.train.epochs
-    config = cli.train_config(cli.train_parser().parse_args(["--features", "24"]))
+    config = flags.train_config(commands.parser_of("train").parse_args(["--features", "24"]))
     assert config.model.features == 24
-    real = cli.train_config(cli.train_parser().parse_args(["--data-dir", "x"]))
+    real = flags.train_config(commands.parser_of("train").parse_args(["--data-dir", "x"]))
     assert real.data.image_size == (256, 256) and real.model == Config().model
 
 
@@ -107,12 +109,13 @@ def test_parse_size():
 
 
 def test_run_folders(tmp_path):
-    first = runs.new_run_dir(tmp_path, None, "unet")
+    first = run_folder.new_run_dir(tmp_path, None, "unet")
     assert first.parent == tmp_path and first.name.startswith("unet-")
     with pytest.raises(UserError, match="no runs under"):
-        runs.newest_run(tmp_path)
+        run_folder.newest_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
     """The real command line: train 1 of 2 epochs, resume (the original command with --resume
     and a longer --epochs), refuse a reused name and a changed flag, then submit."""
@@ -175,7 +178,7 @@ def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
 )
 def test_user_errors_exit_2_with_one_line_and_no_traceback(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        cli.train_main([*argv, "--run-dir", str(tmp_path / "run"), "--no-progress"])
+        commands.run("train", [*argv, "--run-dir", str(tmp_path / "run"), "--no-progress"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
@@ -184,7 +187,7 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(argv, message, tmp_pa
 def test_submit_without_runs_is_a_user_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
-        cli.submit_main([])
+        commands.run("submit", [])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith("error: no runs under")
 
@@ -194,18 +197,40 @@ def test_flags_come_from_the_config_fields_and_their_choices_from_the_library_ta
 
     from segjax.config import ModelConfig, TrainConfig, options
     from segjax.losses import LOSSES
-    from segjax.models import ARCHS, ENCODERS
+    from segjax.models.registry import ARCHS, ENCODERS
 
-    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(ModelConfig)}
-    assert list(choices["arch"]) == list(ARCHS) and list(choices["encoder"]) == list(ENCODERS)
-    assert list(
-        dict((f.name, f) for f in dataclasses.fields(TrainConfig))["loss"].metadata["choices"]
-    ) == list(LOSSES)
-    parser = cli.train_parser()
+    fields = {f.name: f for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)}
+    assert flags.choices(fields["arch"]) == list(ARCHS)
+    assert flags.choices(fields["encoder"]) == list(ENCODERS)
+    assert flags.choices(fields["loss"]) == list(LOSSES)
+    parser = commands.parser_of("train")
     help_text = parser.format_help()
     assert "(default 30; demo 20)" in help_text and "(default: None)" not in help_text
     for _, field in options():  # every setting with a flag has one, and its help
-        assert cli._flag(field) in help_text, field.name
+        assert flags.flag(field) in help_text, field.name
     args = parser.parse_args(["--no-batch-norm", "--grayscale", "--arch", "unetpp"])
-    config = cli.train_config(args)
+    config = flags.train_config(args)
     assert not config.model.batch_norm and config.data.grayscale and config.model.arch == "unetpp"
+
+
+def test_the_cli_reference_page_is_current():
+    from segjax.cli.reference import markdown
+
+    page = ROOT / "docs" / "cli.md"
+    assert page.read_text() == markdown(), "docs/cli.md is stale: run python tools/cli_reference.py"
+
+
+def test_the_segjax_command_lists_and_runs_its_commands(capsys):
+    from segjax.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in ("train", "submit", "evaluate", "predict", "export"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["trian"])
+    assert exit_.value.code == 2 and "unknown command 'trian'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["submit", "--help"])
+    assert exit_.value.code == 0 and "usage: segjax submit" in capsys.readouterr().out

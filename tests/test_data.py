@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import data, synthetic
+from segjax import errors
+from segjax.data import decode, layout, sampling, synthetic
 
 
 def _write(root, name, array, mode=None):
@@ -26,14 +27,14 @@ def _pair(root, stem, h=6, w=5, sub="train"):
 
 
 def test_discover_pairs_by_stem_and_orders_test_ids_from_sample_submission(demo_dir):
-    layout = data.discover(demo_dir)
-    assert len(layout.train) == 40 and len(layout.test) == 9
-    assert all(s.image.stem == s.mask.stem for s in layout.train)
-    assert [s.id for s in layout.train] == sorted(s.id for s in layout.train)
+    found = layout.discover(demo_dir)
+    assert len(found.train) == 40 and len(found.test) == 9
+    assert all(s.image.stem == s.mask.stem for s in found.train)
+    assert [s.id for s in found.train] == sorted(s.id for s in found.train)
     csv_ids = [
         line.split(",")[0] for line in (demo_dir / "sample_submission.csv").read_text().split()[1:]
     ]
-    assert [s.id for s in layout.test] == csv_ids
+    assert [s.id for s in found.test] == csv_ids
     assert csv_ids != sorted(csv_ids)  # the demo deliberately shuffles the rows
 
 
@@ -41,13 +42,13 @@ def test_without_sample_submission_ids_sort_as_strings(tmp_path):
     _pair(tmp_path, "a")
     for name in ("10.png", "9.png", "100.jpg"):
         _write(tmp_path, f"test/images/{name}", np.zeros((4, 4, 3), np.uint8))
-    assert [s.id for s in data.discover(tmp_path).test] == ["10.png", "100.jpg", "9.png"]
+    assert [s.id for s in layout.discover(tmp_path).test] == ["10.png", "100.jpg", "9.png"]
 
 
 def test_plain_images_and_masks_folder(tmp_path):
     _pair(tmp_path, "x", sub=".")
-    layout = data.discover(tmp_path)
-    assert [s.id for s in layout.train] == ["x.png"] and layout.test == ()
+    found = layout.discover(tmp_path)
+    assert [s.id for s in found.train] == ["x.png"] and found.test == ()
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16"])
@@ -58,10 +59,10 @@ def test_images_of_every_mode_decode_to_rgb_uint8(tmp_path, mode):
     else:
         image = Image.fromarray(gray, "L").convert(mode)
     image.save(tmp_path / "x.png")
-    rgb = np.asarray(data.read_image(tmp_path / "x.png"))
+    rgb = np.asarray(decode.read_image(tmp_path / "x.png"))
     assert rgb.shape == (6, 8, 3) and rgb.dtype == np.uint8
     np.testing.assert_allclose(rgb[..., 0].astype(int), gray, atol=1)
-    assert np.asarray(data.read_image(tmp_path / "x.png", grayscale=True)).shape == (6, 8)
+    assert np.asarray(decode.read_image(tmp_path / "x.png", grayscale=True)).shape == (6, 8)
 
 
 @pytest.mark.parametrize("encoding", ["0/1", "0/255", "rgb 0/1", "rgb 0/255", "palette"])
@@ -77,64 +78,64 @@ def test_masks_are_channel_zero_above_zero_whatever_the_encoding(tmp_path, encod
     else:
         image = Image.fromarray(truth * value, "L")
     image.save(tmp_path / "m.png")
-    np.testing.assert_array_equal(data.read_mask(tmp_path / "m.png"), truth)
+    np.testing.assert_array_equal(decode.read_mask(tmp_path / "m.png"), truth)
 
 
 def test_load_resizes_to_non_square_size_and_remembers_original_sizes(demo_dir):
-    layout = data.discover(demo_dir)
-    arrays = data.load(layout.train[:6], (24, 16))
+    found = layout.discover(demo_dir)
+    arrays = decode.load(found.train[:6], (24, 16))
     assert arrays.images.shape == (6, 24, 16, 3) and arrays.images.dtype == np.uint8
     assert arrays.masks.shape == (6, 24, 16) and set(np.unique(arrays.masks)) <= {0, 1}
-    expected = [Image.open(s.image).size[::-1] for s in layout.train[:6]]
+    expected = [Image.open(s.image).size[::-1] for s in found.train[:6]]
     assert [tuple(s) for s in arrays.sizes] == expected
     assert len({tuple(s) for s in arrays.sizes}) > 1
-    test = data.load(layout.test, (24, 16))
-    assert test.masks is None and test.ids == tuple(s.id for s in layout.test)
+    test = decode.load(found.test, (24, 16))
+    assert test.masks is None and test.ids == tuple(s.id for s in found.test)
 
 
 def test_cache_is_reused_and_invalidated(tmp_path, demo_dir):
     root = tmp_path / "d"
     shutil.copytree(demo_dir, root)
     cache = tmp_path / "cache"
-    samples = data.discover(root).train
-    first = data.load(samples, (16, 16), cache_dir=cache)
+    samples = layout.discover(root).train
+    first = decode.load(samples, (16, 16), cache_dir=cache)
     files = sorted(cache.glob("*.npy"))
     assert len(files) == 3
-    again = data.load(samples, (16, 16), cache_dir=cache)
+    again = decode.load(samples, (16, 16), cache_dir=cache)
     assert isinstance(again.images, np.memmap)  # read back, not decoded again
     np.testing.assert_array_equal(first.images, again.images)
-    data.load(samples, (16, 16), grayscale=True, cache_dir=cache)  # another mode: another key
+    decode.load(samples, (16, 16), grayscale=True, cache_dir=cache)  # another mode: another key
     assert len(list(cache.glob("*.npy"))) == 6
     blank = np.zeros(np.asarray(Image.open(samples[0].image)).shape[:2] + (3,), np.uint8)
     Image.fromarray(blank).save(samples[0].image)  # the same file replaced
-    changed = data.load(data.discover(root).train, (16, 16), cache_dir=cache)
+    changed = decode.load(layout.discover(root).train, (16, 16), cache_dir=cache)
     assert changed.images[0].max() == 0 and len(list(cache.glob("*.npy"))) == 9
 
 
 def test_split_is_seeded_disjoint_and_complete():
-    parts = data.split(100, seed=1, val_fraction=0.1, test_fraction=0.1)
+    parts = sampling.split(100, seed=1, val_fraction=0.1, test_fraction=0.1)
     assert [len(parts[k]) for k in ("train", "val", "test")] == [80, 10, 10]
     joined = np.concatenate(list(parts.values()))
     assert sorted(joined.tolist()) == list(range(100))
-    again = data.split(100, seed=1, val_fraction=0.1, test_fraction=0.1)
+    again = sampling.split(100, seed=1, val_fraction=0.1, test_fraction=0.1)
     assert all(np.array_equal(parts[k], again[k]) for k in parts)
-    other = data.split(100, seed=2, val_fraction=0.1, test_fraction=0.1)
+    other = sampling.split(100, seed=2, val_fraction=0.1, test_fraction=0.1)
     assert not np.array_equal(parts["val"], other["val"])
 
 
 def test_batch_order_is_a_pure_function_of_seed_and_epoch_and_resumes_mid_epoch():
-    full = list(data.train_batches(23, 4, seed=5, epoch=3))
+    full = list(sampling.train_batches(23, 4, seed=5, epoch=3))
     assert [i for i, _ in full] == list(range(5))  # 23 // 4: the partial batch is dropped
     assert all(len(b) == 4 for _, b in full)
     assert len(set(np.concatenate([b for _, b in full]).tolist())) == 20
-    resumed = list(data.train_batches(23, 4, seed=5, epoch=3, start=2))
+    resumed = list(sampling.train_batches(23, 4, seed=5, epoch=3, start=2))
     assert [(i, b.tolist()) for i, b in resumed] == [(i, b.tolist()) for i, b in full[2:]]
-    other_epoch = np.concatenate([b for _, b in data.train_batches(23, 4, seed=5, epoch=4)])
+    other_epoch = np.concatenate([b for _, b in sampling.train_batches(23, 4, seed=5, epoch=4)])
     assert other_epoch.tolist() != np.concatenate([b for _, b in full]).tolist()
 
 
 def test_eval_batches_pad_the_last_batch_and_mark_the_padding():
-    batches = list(data.eval_batches(7, 3))
+    batches = list(sampling.eval_batches(7, 3))
     assert [b[0].tolist() for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 0, 0]]
     assert [b[1].tolist() for b in batches][-1] == [True, False, False]
 
@@ -143,8 +144,8 @@ def test_unpaired_files_are_named(tmp_path):
     _pair(tmp_path, "a")
     _write(tmp_path, "train/images/b.png", np.zeros((6, 5, 3), np.uint8))
     _write(tmp_path, "train/masks/c.png", np.zeros((6, 5), np.uint8))
-    with pytest.raises(data.DataError) as err:
-        data.discover(tmp_path)
+    with pytest.raises(errors.DataError) as err:
+        layout.discover(tmp_path)
     assert "b.png: image without a mask" in str(err.value)
     assert "c.png: mask without an image" in str(err.value)
     assert "\n" not in str(err.value)  # one line, as the command line prints it
@@ -155,12 +156,12 @@ def test_system_files_are_skipped_and_other_files_named_in_one_warning(tmp_path,
     for junk in (".DS_Store", "Thumbs.db"):
         (tmp_path / "train/images" / junk).write_bytes(b"\0\1")
     (tmp_path / "train/images/.ipynb_checkpoints").mkdir()
-    assert [s.id for s in data.discover(tmp_path).train] == ["a.png"]
-    assert not [w for w in recwarn if issubclass(w.category, data.DataWarning)]
+    assert [s.id for s in layout.discover(tmp_path).train] == ["a.png"]
+    assert not [w for w in recwarn if issubclass(w.category, errors.DataWarning)]
     (tmp_path / "train/masks/notes.txt").write_text("labelled by hand")
     (tmp_path / "train/masks/old").mkdir()
-    with pytest.warns(data.DataWarning, match=r"masks: skipped 2 entries .*notes\.txt, old/"):
-        assert [s.id for s in data.discover(tmp_path).train] == ["a.png"]
+    with pytest.warns(errors.DataWarning, match=r"masks: skipped 2 entries .*notes\.txt, old/"):
+        assert [s.id for s in layout.discover(tmp_path).train] == ["a.png"]
 
 
 def test_jpeg_masks_are_thresholded_at_half_because_jpeg_is_lossy(tmp_path):
@@ -168,8 +169,8 @@ def test_jpeg_masks_are_thresholded_at_half_because_jpeg_is_lossy(tmp_path):
     path = tmp_path / "m.jpg"
     Image.fromarray(values).save(path, quality=100)
     decoded = np.asarray(Image.open(path))
-    np.testing.assert_array_equal(data.read_mask(path), (decoded > 127).astype(np.uint8))
-    assert data.read_mask(path)[:8, :24].sum() == 0 and data.read_mask(path)[:8, 24:].all()
+    np.testing.assert_array_equal(decode.read_mask(path), (decoded > 127).astype(np.uint8))
+    assert decode.read_mask(path)[:8, :24].sum() == 0 and decode.read_mask(path)[:8, 24:].all()
 
 
 def test_truncated_image_is_named_and_nothing_is_cached(tmp_path):
@@ -178,35 +179,35 @@ def test_truncated_image_is_named_and_nothing_is_cached(tmp_path):
     bad = tmp_path / "train/images/b.png"
     bad.write_bytes(bad.read_bytes()[:40])
     cache = tmp_path / "cache"
-    with pytest.raises(data.DataError, match=r"b\.png: unreadable or truncated"):
-        data.load(data.discover(tmp_path).train, (4, 4), cache_dir=cache)
+    with pytest.raises(errors.DataError, match=r"b\.png: unreadable or truncated"):
+        decode.load(layout.discover(tmp_path).train, (4, 4), cache_dir=cache)
     assert not cache.exists() or not list(cache.iterdir())
 
 
 def test_mask_of_another_size_is_named(tmp_path):
     _pair(tmp_path, "a")
     _write(tmp_path, "train/masks/a.png", np.zeros((7, 5), np.uint8))
-    with pytest.raises(data.DataError, match=r"masks/a\.png: mask is 5x7 .* a\.png is 5x6"):
-        data.load(data.discover(tmp_path).train, (4, 4))
+    with pytest.raises(errors.DataError, match=r"masks/a\.png: mask is 5x7 .* a\.png is 5x6"):
+        decode.load(layout.discover(tmp_path).train, (4, 4))
 
 
 def test_empty_folders_and_missing_folders(tmp_path):
     (tmp_path / "train/images").mkdir(parents=True)
     (tmp_path / "train/masks").mkdir(parents=True)
-    with pytest.raises(data.DataError, match="no images"):
-        data.discover(tmp_path)
+    with pytest.raises(errors.DataError, match="no images"):
+        layout.discover(tmp_path)
     (tmp_path / "other").mkdir()
-    with pytest.raises(data.DataError, match="expected train/images"):
-        data.discover(tmp_path / "other")
-    with pytest.raises(data.DataError, match="no such data folder"):
-        data.discover(tmp_path / "nowhere")
+    with pytest.raises(errors.DataError, match="expected train/images"):
+        layout.discover(tmp_path / "other")
+    with pytest.raises(errors.DataError, match="no such data folder"):
+        layout.discover(tmp_path / "nowhere")
 
 
 def test_two_files_with_one_stem(tmp_path):
     _pair(tmp_path, "a")
     _write(tmp_path, "train/images/a.jpg", np.zeros((6, 5, 3), np.uint8))
-    with pytest.raises(data.DataError, match="two files with the stem 'a'"):
-        data.discover(tmp_path)
+    with pytest.raises(errors.DataError, match="two files with the stem 'a'"):
+        layout.discover(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -224,8 +225,8 @@ def test_sample_submission_with_repeated_ids_or_no_id_column(tmp_path, text, mes
     for name in ("1.png", "2.png"):
         _write(tmp_path, f"test/images/{name}", np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "sample_submission.csv").write_text(text)
-    with pytest.raises(data.DataError, match=r"sample_submission\.csv: " + message):
-        data.discover(tmp_path)
+    with pytest.raises(errors.DataError, match=r"sample_submission\.csv: " + message):
+        layout.discover(tmp_path)
 
 
 def test_the_id_column_may_be_anywhere(tmp_path):
@@ -233,15 +234,17 @@ def test_the_id_column_may_be_anywhere(tmp_path):
     for name in ("1.png", "2.png"):
         _write(tmp_path, f"test/images/{name}", np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "sample_submission.csv").write_text("encoded_pixels,Id\n,2.png\n,1.png\n")
-    assert [s.id for s in data.discover(tmp_path).test] == ["2.png", "1.png"]
+    assert [s.id for s in layout.discover(tmp_path).test] == ["2.png", "1.png"]
 
 
 def test_sample_submission_ids_missing_from_test_images(tmp_path):
     _pair(tmp_path, "a")
     _write(tmp_path, "test/images/1.png", np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "sample_submission.csv").write_text("id,encoded_pixels\n1.png,\n2.png,\n")
-    with pytest.raises(data.DataError, match=r"sample_submission\.csv: 1 ids have no file.*2\.png"):
-        data.discover(tmp_path)
+    with pytest.raises(
+        errors.DataError, match=r"sample_submission\.csv: 1 ids have no file.*2\.png"
+    ):
+        layout.discover(tmp_path)
 
 
 def test_synthetic_data_is_deterministic_and_has_the_competition_quirks(tmp_path):
@@ -258,7 +261,7 @@ def test_synthetic_data_is_deterministic_and_has_the_competition_quirks(tmp_path
     masks = [Image.open(p) for p in sorted((a / "train/masks").iterdir())]
     rgb01 = [np.asarray(m) for m in masks if m.mode == "RGB"]
     assert rgb01 and all(m.max() <= 1 for m in rgb01)
-    fractions = [data.read_mask(p).mean() for p in sorted((a / "train/masks").iterdir())]
+    fractions = [decode.read_mask(p).mean() for p in sorted((a / "train/masks").iterdir())]
     assert 0.03 < np.mean(fractions) < 0.4
     with pytest.raises(FileExistsError):
         synthetic.generate(a, n_train=1, n_test=1)
@@ -266,8 +269,8 @@ def test_synthetic_data_is_deterministic_and_has_the_competition_quirks(tmp_path
 
 def test_tfds_source_under_mock_data_gives_binary_masks_at_the_training_size():
     tfds = pytest.importorskip("tensorflow_datasets", reason="pip install -e '.[tfds]'")
-    from segjax import sources
     from segjax.config import DataConfig
+    from segjax.data import sources
 
     config = DataConfig(data_dir="tfds:oxford_iiit_pet", image_size=(24, 20))
     with tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -279,7 +282,7 @@ def test_tfds_source_under_mock_data_gives_binary_masks_at_the_training_size():
     assert len(arrays.ids) == 5 and arrays.sizes.shape == (5, 2)
     assert test.masks is None and test.images.shape[1:] == (24, 20, 3)
     assert [t.shape for t in truths] == [tuple(s) for s in arrays.sizes[:2]]
-    with pytest.raises(data.DataError, match="tfds:no_such_dataset"):
+    with pytest.raises(errors.DataError, match="tfds:no_such_dataset"):
         sources.load_labelled(DataConfig(data_dir="tfds:no_such_dataset"))
 
 
@@ -287,9 +290,9 @@ def test_real_photos_pair_and_decode():
     from tests.conftest import ccp_or_skip
 
     root = ccp_or_skip()
-    layout = data.discover(root)  # the plain images/ + masks/ layout, JPEG images, PNG masks
-    assert len(layout.train) == 803 and layout.test == ()
-    arrays = data.load(layout.train[:12], (96, 64))
+    found = layout.discover(root)  # the plain images/ + masks/ layout, JPEG images, PNG masks
+    assert len(found.train) == 803 and found.test == ()
+    arrays = decode.load(found.train[:12], (96, 64))
     assert arrays.images.shape == (12, 96, 64, 3)
     fractions = arrays.masks.reshape(12, -1).mean(axis=1)
     assert np.all((fractions > 0.08) & (fractions < 0.4)), fractions
@@ -300,6 +303,6 @@ def test_a_cache_folder_that_cannot_be_written_is_skipped_with_a_warning(tmp_pat
     _pair(tmp_path, "a")
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
-    with pytest.warns(data.DataWarning, match=r"cache/arrays: cannot cache decoded images there"):
-        arrays = data.load(data.discover(tmp_path).train, (4, 4), cache_dir=blocker / "arrays")
+    with pytest.warns(errors.DataWarning, match=r"cache/arrays: cannot cache decoded images there"):
+        arrays = decode.load(layout.discover(tmp_path).train, (4, 4), cache_dir=blocker / "arrays")
     assert arrays.images.shape == (1, 4, 4, 3)

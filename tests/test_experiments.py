@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from segjax import cli
+import pytest
+
+from segjax.cli import commands, flags
 from tools import experiments
 
 
@@ -43,10 +45,10 @@ def test_table_reads_run_folders_and_marks_missing_runs(tmp_path, monkeypatch):
 def test_every_experiment_command_parses_into_a_config():
     for name in experiments.EXPERIMENTS:
         argv = experiments.train_command(name)[2:]
-        config = cli.train_config(cli.train_parser().parse_args(argv))
+        config = flags.train_config(commands.parser_of("train").parse_args(argv))
         assert config.data.test_fraction == 0.1 and config.data.val_fraction == 0.1
     valid = experiments.train_command("unet-valid")[2:]
-    config = cli.train_config(cli.train_parser().parse_args(valid))
+    config = flags.train_config(commands.parser_of("train").parse_args(valid))
     assert config.model.arch == "unet-valid" and config.model.depth == 3
 
 
@@ -98,6 +100,7 @@ def test_a_claimed_difference_inside_the_noise_is_not_confirmed(tmp_path, monkey
     assert "| not confirmed (within noise) |" in text
 
 
+@pytest.mark.slow
 def test_an_unknown_experiment_name_is_a_clear_error():
     import subprocess
     import sys

@@ -9,16 +9,21 @@ import shutil
 import numpy as np
 import pytest
 
-from segjax import data, ensemble, folds, predict, runs, sources, submission, train
+from segjax import errors, workflows
+from segjax.config import InferenceOptions, RunOptions
+from segjax.data import sampling, sources
 from segjax.errors import UserError
-from segjax.evaluate import evaluate_run
+from segjax.inference import ensemble, submission
+from segjax.inference.analysis import evaluate_run
+from segjax.inference.run_loader import load_run
+from segjax.train import run_folder
 from tests.conftest import make_tiny_config
 
 
 def test_folds_are_disjoint_cover_everything_outside_the_hold_out_and_are_seeded():
     n, k = 53, 5
-    plain = data.split(n, 7, 0.1, 0.1)
-    parts = [data.split(n, 7, 0.1, 0.1, folds=k, fold=i) for i in range(k)]
+    plain = sampling.split(n, 7, 0.1, 0.1)
+    parts = [sampling.split(n, 7, 0.1, 0.1, folds=k, fold=i) for i in range(k)]
     vals = [p["val"] for p in parts]
     pool = np.setdiff1d(np.arange(n), plain["test"])
     assert np.array_equal(np.sort(np.concatenate(vals)), pool)  # each image in exactly one fold
@@ -26,28 +31,29 @@ def test_folds_are_disjoint_cover_everything_outside_the_hold_out_and_are_seeded
     for p in parts:
         assert np.array_equal(p["test"], plain["test"])  # the hold-out of the same split
         assert np.array_equal(np.sort(np.concatenate([p["train"], p["val"]])), pool)
-    again = data.split(n, 7, 0.1, 0.1, folds=k, fold=2)
+    again = sampling.split(n, 7, 0.1, 0.1, folds=k, fold=2)
     assert all(np.array_equal(again[key], parts[2][key]) for key in again)
-    other = data.split(n, 8, 0.1, 0.1, folds=k, fold=2)
+    other = sampling.split(n, 8, 0.1, 0.1, folds=k, fold=2)
     assert not np.array_equal(other["val"], parts[2]["val"])
     for bad in ({"folds": 1, "fold": 0}, {"folds": 3, "fold": 3}):
-        with pytest.raises(data.DataError, match="need K >= 2"):
-            data.split(n, 7, 0.1, 0.1, **bad)
+        with pytest.raises(errors.DataError, match="need K >= 2"):
+            sampling.split(n, 7, 0.1, 0.1, **bad)
 
 
 def _stop_fold_1_after_one_epoch(monkeypatch):
     """The first pass's fold 1 stops as a signal would stop it, after its first epoch."""
-    real = train.train_and_tune
+    real = workflows.train_and_tune
 
-    def stopping(config, run_dir, **kwargs):
+    def stopping(config, run_dir, options):
         if config.data.fold == 1:
-            real(config, run_dir, **{**kwargs, "stop_at_epoch": 1})
+            real(config, run_dir, dataclasses.replace(options, stop_at_epoch=1))
             return {"stopped": [1, 0]}
-        return real(config, run_dir, **kwargs)
+        return real(config, run_dir, options)
 
-    monkeypatch.setattr(train, "train_and_tune", stopping)
+    monkeypatch.setattr(workflows, "train_and_tune", stopping)
 
 
+@pytest.mark.slow
 def test_fold_all_resumes_skips_finished_folds_and_tunes_out_of_fold(
     demo_dir, tmp_path, monkeypatch
 ):
@@ -56,18 +62,22 @@ def test_fold_all_resumes_skips_finished_folds_and_tunes_out_of_fold(
     folder = tmp_path / "kfold"
     with monkeypatch.context() as patch:
         _stop_fold_1_after_one_epoch(patch)
-        assert folds.train_folds(config, folder, progress=False) == [0]
-    assert runs.load_folds(folder)["done"] == [0] and not (folder / "tuned.json").exists()
+        assert workflows.train_folds_and_tune(config, folder, RunOptions(progress=False)) == [0]
+    assert run_folder.load_folds(folder)["done"] == [0] and not (folder / "tuned.json").exists()
     with pytest.raises(UserError, match="fold 1 of 2 is not trained yet"):
         ensemble.load([folder])
     with pytest.raises(UserError, match="already holds k-fold runs: add --resume"):
-        folds.train_folds(config, folder, progress=False)
+        workflows.train_folds_and_tune(config, folder, RunOptions(progress=False))
     fold0 = sorted(p.stat().st_mtime_ns for p in (folder / "fold-0").rglob("*"))
-    assert folds.train_folds(config, folder, resume=True, progress=False) == [0, 1]
+    assert workflows.train_folds_and_tune(
+        config, folder, RunOptions(resume=True, progress=False)
+    ) == [0, 1]
     assert sorted(p.stat().st_mtime_ns for p in (folder / "fold-0").rglob("*")) == fold0
     rows = [json.loads(line) for line in (folder / "fold-1/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]  # fold 1 continued from its first epoch
-    splits = [sources.load_splits(runs.resume_config(folder / f"fold-{i}", {}))[1] for i in (0, 1)]
+    splits = [
+        sources.load_splits(run_folder.resume_config(folder / f"fold-{i}", {})) for i in (0, 1)
+    ]
     assert not set(splits[0].val) & set(splits[1].val)
     tuned = json.loads((folder / "tuned.json").read_text())
     assert tuned["out_of_fold"] and tuned["val_images"] == 40  # every labelled image once
@@ -75,25 +85,29 @@ def test_fold_all_resumes_skips_finished_folds_and_tunes_out_of_fold(
     # The newest k-fold folder is the default of submit.py and evaluate.py: one ensemble.
     monkeypatch.chdir(tmp_path)
     shutil.move(folder, tmp_path / "runs" / "kfold")
-    report = submission.make_submission(None, progress=False)
+    report = submission.make_submission(None, InferenceOptions(progress=False))
     assert report.path.resolve() == tmp_path / "runs/kfold/submission.csv" and report.rows == 9
     assert report.runs.startswith("2 runs averaged")
-    evaluated = evaluate_run(None, "val")
+    evaluated = evaluate_run(None, split="val")
     assert evaluated["images"] == 40 and evaluated["runs"].startswith("2 runs")
     with pytest.raises(UserError, match="is a k-fold folder: name one of its runs"):
-        predict.load_run(tmp_path / "runs/kfold")  # predict.py and export.py take one run
+        load_run(tmp_path / "runs/kfold")  # predict.py and export.py take one run
 
     removed = tmp_path / "runs/kfold"
     (removed / "notes.txt").write_text("mine")
-    folds.claim(removed, resume=False, overwrite=True)
+    run_folder.claim(removed, resume=False, overwrite=True, folds=True)
     assert sorted(p.name for p in removed.iterdir()) == ["notes.txt"]
 
 
 def test_an_ensemble_of_a_run_and_its_copy_equals_the_run(trained_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
-    single = submission.make_submission(trained_run, out=tmp_path / "one.csv", progress=False)
-    both = submission.make_submission([trained_run, copy], out=tmp_path / "two.csv", progress=False)
+    single = submission.make_submission(
+        trained_run, InferenceOptions(progress=False), out=tmp_path / "one.csv"
+    )
+    both = submission.make_submission(
+        [trained_run, copy], InferenceOptions(progress=False), out=tmp_path / "two.csv"
+    )
     assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "two.csv").read_bytes()
     assert both.postprocess == single.postprocess  # tuned again on the shared validation split
     one = evaluate_run(trained_run, out_dir=tmp_path / "e1")["results"]

@@ -12,18 +12,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import cli, data, predict, rle, submission
-from segjax.export import export_run
+from segjax.cli import commands
+from segjax.config import InferenceOptions
+from segjax.data import decode, layout
+from segjax.inference import predictor, rle, submission
+from segjax.inference.export import export_run
+from segjax.inference.run_loader import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_predict_writes_the_submissions_masks_at_each_images_size(trained_run, demo_dir, tmp_path):
-    sub = submission.make_submission(trained_run, out=tmp_path / "sub.csv", progress=False)
+    sub = submission.make_submission(
+        trained_run, InferenceOptions(progress=False), out=tmp_path / "sub.csv"
+    )
     rows = dict(line.split(",") for line in sub.path.read_text().splitlines()[1:])
     out = tmp_path / "masks"
     with pytest.raises(SystemExit) as exit_:
-        cli.predict_main(
+        commands.run(
+            "predict",
             [
                 "--run-dir",
                 str(trained_run),
@@ -33,11 +40,11 @@ def test_predict_writes_the_submissions_masks_at_each_images_size(trained_run, d
                 "--overlay",
                 "--probs",
                 "--no-progress",
-            ]
+            ],
         )
     assert exit_.value.code == 0
-    for sample in data.discover(demo_dir).test:
-        size = np.asarray(data.read_image(sample.image)).shape[:2]
+    for sample in layout.discover(demo_dir).test:
+        size = np.asarray(decode.read_image(sample.image)).shape[:2]
         mask = np.asarray(Image.open(out / f"{sample.image.stem}.png"))
         assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
         np.testing.assert_array_equal(mask > 0, rle.decode(rows[sample.id], size))
@@ -54,19 +61,19 @@ def test_predict_names_bad_files_refuses_to_overwrite_and_to_mix_stems(
     out = tmp_path / "out"
     argv = ["--run-dir", str(trained_run), str(inputs), "--out", str(out), "--no-progress"]
     with pytest.raises(SystemExit) as exit_:
-        cli.predict_main(argv)
+        commands.run("predict", argv)
     assert exit_.value.code == 1  # the others were written; the broken one is named
     err = capsys.readouterr().err
     assert "skipped:" in err and "broken.png" in err
     assert len(list(out.glob("*.png"))) == 9
     with pytest.raises(SystemExit) as exit_:
-        cli.predict_main(argv)
+        commands.run("predict", argv)
     assert exit_.value.code == 2 and "add --force" in capsys.readouterr().err
     twin = tmp_path / "twin"
     twin.mkdir()
     shutil.copy(inputs / "5000.png", twin / "5000.jpg")
     with pytest.raises(SystemExit) as exit_:
-        cli.predict_main([*argv[:3], str(twin), "--out", str(tmp_path / "o2")])
+        commands.run("predict", [*argv[:3], str(twin), "--out", str(tmp_path / "o2")])
     assert exit_.value.code == 2 and "would both write 5000.png" in capsys.readouterr().err
 
 
@@ -87,10 +94,10 @@ def test_the_exported_model_gives_predicts_probabilities_without_segjax(trained_
     record = export_run(trained_run, out)
     assert {"cpu", "cuda"} <= set(record["platforms"])
     assert json.loads(out.with_name("model.jaxexport.json").read_text())["image_size"] == [32, 32]
-    loaded = predict.load_run(trained_run)
-    from segjax import sources
+    loaded = load_run(trained_run)
+    from segjax.data import sources
 
-    _, splits = sources.load_splits(loaded.config)
+    splits = sources.load_splits(loaded.config)
     images = np.asarray(splits.arrays.images[:5])  # five: not a multiple of any batch size
     np.save(tmp_path / "x.npy", images)
     done = subprocess.run(
@@ -108,5 +115,5 @@ def test_the_exported_model_gives_predicts_probabilities_without_segjax(trained_
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    expected = predict.predict_all(loaded, images, 4, tta=record["tta"])
+    expected = predictor.predict_all(loaded, images, 4, tta=record["tta"])
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, rtol=0, atol=1e-6)

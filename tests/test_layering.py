@@ -1,4 +1,5 @@
-"""The package's shape: imports flow one way, and the library reaches nothing of the checkout."""
+"""The package's shape: layers that import only downwards, no circles, unique module names, and
+nothing of the checkout reached from the library."""
 
 from __future__ import annotations
 
@@ -6,30 +7,73 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "segjax"
+# Lowest first. A module imports modules of its own layer and of the layers below, never above.
+LAYERS = (
+    ("shared", ("config", "errors", "files", "losses", "metrics", "parallel", "runtime", "viz")),
+    ("data", ("data",)),
+    ("models", ("models",)),
+    ("train", ("train",)),
+    ("inference", ("inference",)),
+    ("workflows", ("workflows",)),
+    ("cli", ("cli", "__main__")),
+)
+# The training code proper: loading a run for prediction never needs it.
+TRAINING = {f"segjax.train.{m}" for m in ("step", "loop", "start", "budget", "validate", "optim")}
+
+
+def module_name(path: Path) -> str:
+    name = ".".join(("segjax", *path.relative_to(PACKAGE).with_suffix("").parts))
+    return name.removesuffix(".__init__")
 
 
 def imports() -> dict[str, set[str]]:
-    """Every segjax module and the segjax modules it imports (function-level imports too)."""
+    """Every segjax module and the segjax modules it imports (function-level imports too);
+    `from segjax.x import y` counts as importing the module segjax.x.y when y is one."""
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
     graph = {}
     for path in PACKAGE.rglob("*.py"):
-        name = ".".join(("segjax", *path.relative_to(PACKAGE).with_suffix("").parts))
-        name = name.removesuffix(".__init__")
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("segjax"):
-                if node.module == "segjax":
-                    found |= {f"segjax.{alias.name}" for alias in node.names}
-                else:
-                    found.add(node.module)
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    found.add(sub if sub in modules else node.module)
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names if a.name.startswith("segjax")}
-        graph[name] = found
+        graph[module_name(path)] = found
     return graph
+
+
+def layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    for index, (_, members) in enumerate(LAYERS):
+        if top in members:
+            return index
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS")
+
+
+def test_every_module_imports_only_its_own_layer_and_those_below():
+    graph = imports()
+    del graph["segjax"]  # the package's own __init__: a docstring
+    upward = [
+        f"{module} ({LAYERS[layer(module)][0]}) imports {dep} ({LAYERS[layer(dep)][0]})"
+        for module, deps in graph.items()
+        for dep in deps
+        if dep != "segjax" and layer(dep) > layer(module)
+    ]
+    assert not upward, upward
+
+
+def test_module_names_do_not_collide():
+    names = [p.stem for p in PACKAGE.rglob("*.py") if p.stem != "__init__"]
+    assert sorted(names) == sorted(set(names)), [n for n in names if names.count(n) > 1]
 
 
 def test_no_import_circle_inside_the_package():
     graph = imports()
-    assert {"segjax.train", "segjax.predict", "segjax.models"} <= set(graph)
+    assert {"segjax.train.loop", "segjax.inference.predictor", "segjax.models.builder"} <= set(
+        graph
+    )
     circles = []
 
     def visit(module, path):
@@ -44,10 +88,11 @@ def test_no_import_circle_inside_the_package():
     assert not circles, circles
 
 
-def test_prediction_never_imports_training():
+def test_inference_reads_run_folders_without_the_training_code():
     graph = imports()
-    for module in ("segjax.predict", "segjax.tune", "segjax.submission", "segjax.infer"):
-        assert "segjax.train" not in graph[module], module
+    for module, deps in graph.items():
+        if module.startswith("segjax.inference."):
+            assert not deps & TRAINING, (module, deps & TRAINING)
 
 
 def test_the_library_opens_nothing_of_the_checkout():

@@ -18,8 +18,14 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import data, parallel, predict, rle, sources, train
+from segjax import parallel
 from segjax.config import replace
+from segjax.data import decode, layout, sources
+from segjax.inference import predictor, rle
+from segjax.train import start
+from segjax.train.step import create_steps, create_train_state
+
+pytestmark = pytest.mark.slow  # processes, several devices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,13 +38,16 @@ if address:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(address, num_processes=2, process_id=int(process))
 assert jax.local_device_count() == int(devices), jax.devices()
-from segjax.config import Config
-from segjax import predict, sources, submission, train
-train.fit(Config.from_dict(json.loads(config_json)), run_dir, progress=False)
-submission.make_submission(run_dir, out=run_dir + ".csv", progress=False)
-loaded = predict.load_run(run_dir, "latest")
-_, splits = sources.load_splits(loaded.config)
-probs = predict.predict_all(loaded, splits.arrays.images[splits.val], 4, tta=True)
+from segjax.config import Config, InferenceOptions, RunOptions
+from segjax.data import sources
+from segjax.inference import predictor, submission
+from segjax.inference.run_loader import load_run
+from segjax.train import loop
+loop.fit(Config.from_dict(json.loads(config_json)), run_dir, RunOptions(progress=False))
+submission.make_submission(run_dir, InferenceOptions(progress=False), out=run_dir + ".csv")
+loaded = load_run(run_dir, "latest")
+splits = sources.load_splits(loaded.config)
+probs = predictor.predict_all(loaded, splits.arrays.images[splits.val], 4, tta=True)
 leaves = {jax.tree_util.keystr(k): np.asarray(v.addressable_data(0)) for k, v in
           jax.tree_util.tree_leaves_with_path(loaded.variables)}
 np.savez(f"{run_dir}.{process}.npz", probs=probs, **leaves)
@@ -109,7 +118,7 @@ def four_devices(tmp_path_factory, demo_dir):
     config = replace(make_tiny_config(demo_dir), train={"epochs": 1})
     run_dir = tmp_path_factory.mktemp("four") / "run"
     finish([launch(config, run_dir, 4)])
-    sizes = {s.id: data.read_mask(s.image).shape for s in data.discover(demo_dir).test}
+    sizes = {s.id: decode.read_mask(s.image).shape for s in layout.discover(demo_dir).test}
     return config, outcome(run_dir), sizes
 
 
@@ -167,21 +176,23 @@ def test_gather_batch_takes_the_rows_each_device_holds():
 
 def test_bf16_training_converges_with_float32_parameters(tiny_config):
     bf16 = {"aug": "none", "schedule": "constant", "lr": 1e-2, "precision": "bf16"}
-    config = replace(tiny_config, model={"dtype": "bfloat16", "features": 8}, train=bf16)
-    config, splits = sources.load_splits(config)
+    config = replace(tiny_config, model={"features": 8}, train=bf16)
+    splits = sources.load_splits(config)
+    facts = start.initial_facts(config, splits)
+    assert facts.dtype == "bfloat16"
     idx = splits.train[:4]
     mesh = parallel.create_mesh()
     batch = parallel.shard_batch(
         {"image": splits.arrays.images[idx], "mask": splits.arrays.masks[idx]}, mesh
     )
-    steps = train.create_steps(config, mesh, 10)
-    state = train.create_train_state(config, jax.random.key(0), 10)
+    steps = create_steps(config, facts, mesh, 10)
+    state = create_train_state(config, jax.random.key(0), 10, facts)
     losses = []
     for _ in range(60):
         state, out = steps.train(state, batch, jax.random.key(1))
         losses.append(float(out["loss"]))
     assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
     assert {str(x.dtype) for x in jax.tree.leaves(state.params)} == {"float32"}
-    predict_fn = predict.create_predict_fn(config, mesh, tta=False)
+    predict_fn = predictor.create_predict_fn(config, facts, mesh, tta=False)
     probs = predict_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
     assert probs.dtype == np.float32

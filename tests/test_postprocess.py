@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segjax import metrics, postprocess
-from segjax.postprocess import PostProcess
+from segjax import metrics
+from segjax.inference import postprocess
+from segjax.inference.postprocess import PostProcess
 
 
 def test_opening_small_components_and_holes():

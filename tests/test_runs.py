@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from segjax import runs
-from segjax.config import Config, save_config
+from segjax.config import Config, RunFacts, replace, save_config
 from segjax.errors import UserError
+from segjax.train import run_folder
 
 
 def fake_run(folder):
@@ -26,16 +28,16 @@ def test_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path):
     with pytest.raises(
         UserError, match=r"exp already holds a trained run: add --resume .*--overwrite"
     ):
-        runs.claim(folder, resume=False, overwrite=False)
-    runs.claim(folder, resume=True, overwrite=False)  # continuing is fine
-    runs.claim(tmp_path / "new", resume=False, overwrite=False)  # so is a new folder
+        run_folder.claim(folder, resume=False, overwrite=False)
+    run_folder.claim(folder, resume=True, overwrite=False)  # continuing is fine
+    run_folder.claim(tmp_path / "new", resume=False, overwrite=False)  # so is a new folder
     with pytest.raises(UserError, match="pick one"):
-        runs.claim(folder, resume=True, overwrite=True)
+        run_folder.claim(folder, resume=True, overwrite=True)
 
 
 def test_overwrite_removes_what_segjax_wrote_and_nothing_else(tmp_path, capsys):
     folder = fake_run(tmp_path / "exp")
-    runs.claim(folder, resume=False, overwrite=True)
+    run_folder.claim(folder, resume=False, overwrite=True)
     assert sorted(p.name for p in folder.iterdir()) == ["my_notes.txt"]
     said = capsys.readouterr().out
     assert said.startswith("--overwrite: removed config.json, metrics.jsonl, checkpoints")
@@ -49,13 +51,32 @@ def test_resume_refuses_flags_that_change_the_run_and_names_them(tmp_path):
         ("model", "arch"): ("--arch", "unet"),
         ("data", "image_size"): ("--image-size", (256, 256)),
     }
-    assert runs.resume_config(folder, same) == Config()  # the original command + --resume
-    longer = runs.resume_config(folder, {("train", "epochs"): ("--epochs", 50), **same})
+    assert run_folder.resume_config(folder, same) == Config()  # the original command + --resume
+    longer = run_folder.resume_config(folder, {("train", "epochs"): ("--epochs", 50), **same})
     assert longer.train.epochs == 50
     changed = {("train", "lr"): ("--lr", 1e-4), ("model", "arch"): ("--arch", "attn")}
     with pytest.raises(UserError) as err:
-        runs.resume_config(folder, changed)
+        run_folder.resume_config(folder, changed)
     assert "--lr 0.0001 (the run has 0.001)" in str(err.value)
     assert "--arch attn (the run has unet)" in str(err.value)
     with pytest.raises(UserError, match="nothing to resume"):
-        runs.resume_config(tmp_path / "missing", {})
+        run_folder.resume_config(tmp_path / "missing", {})
+
+
+def test_settings_and_facts_are_kept_apart_and_old_run_folders_still_load(tmp_path):
+    config = Config()
+    facts = RunFacts(
+        mean=(0.5,) * 3, std=(0.2,) * 3, dtype="bfloat16", epochs=7, encoder_source="x"
+    )
+    run_folder.write_run(tmp_path, config, facts)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "mean" not in saved["data"] and "dtype" not in saved["model"]  # the user's settings
+    assert run_folder.read_run(tmp_path) == (config, facts)
+    # A run folder from before run.json: the facts lived in config.json, the plan in its epochs.
+    saved["data"].update(mean=[0.5] * 3, std=[0.2] * 3)
+    saved["model"].update(dtype="bfloat16", encoder_source="x")
+    saved["train"]["epochs"] = 7
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "run.json").unlink()
+    old_config, old_facts = run_folder.read_run(tmp_path)
+    assert old_facts == facts and old_config == replace(config, train={"epochs": 7})

@@ -18,24 +18,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import checkpoint, data, optim, parallel, sources, train, writer
-from segjax.config import TrainConfig, load_config, replace
+from segjax import errors, parallel
+from segjax.config import RunOptions, TrainConfig, replace
+from segjax.data import sources
 from segjax.errors import UserError
+from segjax.train import budget, checkpoint, loop, metrics_log, optim, run_folder, start
+from segjax.train.step import create_steps, create_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def first_batch(config, n=4):
-    config, splits = sources.load_splits(config)
+    """The run's facts (normalisation, ...) and its first n training images."""
+    splits = sources.load_splits(config)
     idx = splits.train[:n]
-    return config, {"image": splits.arrays.images[idx], "mask": splits.arrays.masks[idx]}
+    batch = {"image": splits.arrays.images[idx], "mask": splits.arrays.masks[idx]}
+    return start.initial_facts(config, splits), batch
 
 
 def test_one_step(tiny_config):
-    config, batch = first_batch(replace(tiny_config, train={"schedule": "constant"}))
+    config = replace(tiny_config, train={"schedule": "constant"})
+    facts, batch = first_batch(config)
     mesh = parallel.create_mesh()
-    steps = train.create_steps(config, mesh, 10)
-    state = train.create_train_state(config, jax.random.key(0), 10)
+    steps = create_steps(config, facts, mesh, 10)
+    state = create_train_state(config, jax.random.key(0), 10)
     before = jax.tree.map(np.asarray, state.params)
     state, out = steps.train(state, parallel.shard_batch(batch, mesh), jax.random.key(1))
     assert int(state.step) == 1
@@ -51,11 +57,12 @@ def test_one_step(tiny_config):
 
 
 def test_a_train_step_makes_no_hidden_transfers(tiny_config):
-    config, batch = first_batch(replace(tiny_config, train={"schedule": "constant"}))
+    config = replace(tiny_config, train={"schedule": "constant"})
+    facts, batch = first_batch(config)
     mesh = parallel.create_mesh()
-    steps = train.create_steps(config, mesh, 10)
+    steps = create_steps(config, facts, mesh, 10)
     state = jax.device_put(
-        train.create_train_state(config, jax.random.key(0), 10), parallel.replicated(mesh)
+        create_train_state(config, jax.random.key(0), 10), parallel.replicated(mesh)
     )
     batch, key = parallel.shard_batch(batch, mesh), jax.device_put(jax.random.key(1))
     state, out = steps.train(state, batch, key)  # compiles outside the guard
@@ -65,12 +72,13 @@ def test_a_train_step_makes_no_hidden_transfers(tiny_config):
     assert int(state.step) == 2
 
 
+@pytest.mark.slow
 def test_overfitting_a_fixed_batch_drives_the_loss_down(tiny_config):
     config = replace(tiny_config, train={"aug": "none", "schedule": "constant", "lr": 1e-2})
-    config, batch = first_batch(config)
+    facts, batch = first_batch(config)
     mesh = parallel.create_mesh()
-    steps = train.create_steps(config, mesh, 10)
-    state = train.create_train_state(config, jax.random.key(0), 10)
+    steps = create_steps(config, facts, mesh, 10)
+    state = create_train_state(config, jax.random.key(0), 10)
     batch = parallel.shard_batch(batch, mesh)
     losses = []
     for _ in range(60):
@@ -98,7 +106,7 @@ def test_schedules():
 
 def test_plateau_halves_the_rate_after_patience_epochs(tiny_config):
     config = replace(tiny_config, train={"schedule": "plateau", "plateau_patience": 2})
-    state = train.create_train_state(config, jax.random.key(0), 10)
+    state = create_train_state(config, jax.random.key(0), 10)
     rates = []
     for val_loss in [1.0, 0.9, 0.95, 0.93, 0.92, 0.91, 0.94]:
         state = optim.step_plateau(state, config.train, val_loss)
@@ -108,13 +116,13 @@ def test_plateau_halves_the_rate_after_patience_epochs(tiny_config):
 
 
 def test_checkpoint_round_trip(tmp_path, tiny_config):
-    state = train.create_train_state(tiny_config, jax.random.key(0), 10)
+    state = create_train_state(tiny_config, jax.random.key(0), 10)
     state = state.replace(step=jnp.asarray(7))
     manager = checkpoint.create_manager(tmp_path / "ckpt")
     meta = {"epoch": 3, "position": [3, 0], "metrics": {"val_mean_dice": 0.5}, "note": "x"}
     checkpoint.save(manager, 3, state, meta)
     manager.wait_until_finished()
-    template = train.create_train_state(tiny_config, jax.random.key(1), 10)
+    template = create_train_state(tiny_config, jax.random.key(1), 10)
     restored, restored_meta = checkpoint.restore(manager, 3, template)
     manager.close()
     assert restored_meta == meta and int(restored.step) == 7
@@ -123,7 +131,7 @@ def test_checkpoint_round_trip(tmp_path, tiny_config):
 
 
 def test_keeps_the_latest_and_the_best(tmp_path, tiny_config):
-    state = train.create_train_state(tiny_config, jax.random.key(0), 10)
+    state = create_train_state(tiny_config, jax.random.key(0), 10)
     manager = checkpoint.create_manager(tmp_path / "ckpt")
     for epoch, dice in enumerate([0.2, 0.7, 0.4, 0.3], start=1):
         checkpoint.save(manager, epoch, state, {"metrics": {"val_mean_dice": dice}})
@@ -137,7 +145,7 @@ def test_keeps_the_latest_and_the_best(tmp_path, tiny_config):
 
 
 def test_a_save_that_orbax_declines_is_an_error(tmp_path, tiny_config):
-    state = train.create_train_state(tiny_config, jax.random.key(0), 10)
+    state = create_train_state(tiny_config, jax.random.key(0), 10)
     manager = checkpoint.create_manager(tmp_path / "ckpt")
     checkpoint.save(manager, 1, state, {"metrics": {"val_mean_dice": 0.5}})
     with pytest.raises(checkpoint.CheckpointError, match="declined to save epoch 1"):
@@ -150,7 +158,7 @@ def _largest_file(folder: Path) -> Path:
 
 
 def test_an_unreadable_checkpoint_falls_back_to_the_newest_readable_one(tmp_path, tiny_config):
-    state = train.create_train_state(tiny_config, jax.random.key(0), 10)
+    state = create_train_state(tiny_config, jax.random.key(0), 10)
     manager = checkpoint.create_manager(tmp_path / "ckpt")
     for epoch, dice in ((1, 0.7), (2, 0.2)):  # epoch 1 kept as the best, 2 as the latest
         checkpoint.save(manager, epoch, state, {"epoch": epoch, "metrics": {"val_mean_dice": dice}})
@@ -172,9 +180,10 @@ def subprocess_fit(config, run_dir, resume=False, stop_at=0, wait=True):
     code = (
         "import sys, json; sys.path.insert(0, sys.argv[1]);"
         "import tests.conftest;"  # same flags and compile cache as this process
-        "from segjax.config import Config; from segjax.train import fit;"
-        "fit(Config.from_dict(json.loads(sys.argv[2])), sys.argv[3], resume=sys.argv[4] == '1',"
-        " stop_at_epoch=int(sys.argv[5]) or None, progress=False)"
+        "from segjax.config import Config, RunOptions; from segjax.train.loop import fit;"
+        "options = RunOptions(resume=sys.argv[4] == '1', stop_at_epoch=int(sys.argv[5]) or None,"
+        " progress=False);"
+        "fit(Config.from_dict(json.loads(sys.argv[2])), sys.argv[3], options)"
     )
     args = [
         sys.executable,
@@ -195,7 +204,7 @@ def subprocess_fit(config, run_dir, resume=False, stop_at=0, wait=True):
 
 def final_state(config, run_dir):
     manager = checkpoint.create_manager(Path(run_dir) / "checkpoints", read_only=True)
-    template = train.create_train_state(config, jax.random.key(0), 1)
+    template = create_train_state(config, jax.random.key(0), 1)
     state, meta = checkpoint.restore(manager, manager.latest_step(), template)
     manager.close()
     return state, meta
@@ -209,7 +218,7 @@ def assert_same_run(config, run_a, run_b):
     for a, b in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise
     assert meta_a == meta_b
-    assert writer.read_metrics(Path(run_a) / "metrics.jsonl") == writer.read_metrics(
+    assert metrics_log.read_metrics(Path(run_a) / "metrics.jsonl") == metrics_log.read_metrics(
         Path(run_b) / "metrics.jsonl"
     )
 
@@ -221,7 +230,7 @@ def straight_run(tmp_path_factory, demo_dir):
 
     config = replace(make_tiny_config(demo_dir, epochs=4), model={"dropout": 0.2})
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    train.fit(config, run_dir, progress=False)
+    loop.fit(config, run_dir, RunOptions(progress=False))
     return config, run_dir
 
 
@@ -229,7 +238,7 @@ def test_resume_in_a_new_process_equals_never_stopping(straight_run, tmp_path):
     config, straight = straight_run
     run_dir = tmp_path / "resumed"
     subprocess_fit(config, run_dir, stop_at=2)
-    assert len(writer.read_metrics(run_dir / "metrics.jsonl")) == 2
+    assert len(metrics_log.read_metrics(run_dir / "metrics.jsonl")) == 2
     subprocess_fit(config, run_dir, resume=True)
     assert_same_run(config, straight, run_dir)
     assert (run_dir / "curves.png").exists() and (run_dir / "previews/epoch_004.png").exists()
@@ -241,14 +250,14 @@ def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(straight_run,
     proc = subprocess_fit(config, run_dir, wait=False)
     deadline = time.time() + 300
     metrics_path = run_dir / "metrics.jsonl"
-    while time.time() < deadline and len(writer.read_metrics(metrics_path)) < 1:
+    while time.time() < deadline and len(metrics_log.read_metrics(metrics_path)) < 1:
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         time.sleep(0.01)
     # Epoch 1's checkpoint may still be saving (asynchronously); epoch 2 is under way.
     time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = len(writer.read_metrics(metrics_path))
+    done = len(metrics_log.read_metrics(metrics_path))
     assert 1 <= done < 4, "the process finished before it could be killed"
     subprocess_fit(config, run_dir, resume=True)
     assert_same_run(config, straight, run_dir)
@@ -264,67 +273,73 @@ def test_resuming_a_run_whose_checkpoints_are_all_damaged_names_step_and_file(
         if step.name.isdigit():
             _largest_file(step / "state").unlink()
     with pytest.raises(checkpoint.CheckpointError, match=r"epoch \d+ in .*copy/checkpoints/\d+ "):
-        train.fit(config, run_dir, resume=True, progress=False)
+        loop.fit(config, run_dir, RunOptions(resume=True, progress=False))
 
 
 def test_training_into_a_used_folder_without_resume_stops_before_any_work(straight_run):
     config, straight = straight_run
     before = (straight / "metrics.jsonl").read_text()
     with pytest.raises(UserError, match="already holds a trained run"):
-        train.fit(replace(config, model={"arch": "attn"}), straight, progress=False)
+        loop.fit(replace(config, model={"arch": "attn"}), straight, RunOptions(progress=False))
     assert (straight / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_early_stopping_fires(tmp_path, tiny_config):
     # No learning and no BatchNorm statistics to move: every epoch scores the same, so the
     # first is the best and the run stops after `early_stop` more, whatever the machine.
     config = replace(
         tiny_config, model={"batch_norm": False}, train={"epochs": 6, "lr": 0.0, "early_stop": 2}
     )
-    last = train.fit(config, tmp_path / "run", progress=False)
-    rows = writer.read_metrics(tmp_path / "run/metrics.jsonl")
+    last = loop.fit(config, tmp_path / "run", RunOptions(progress=False))
+    rows = metrics_log.read_metrics(tmp_path / "run/metrics.jsonl")
     assert len({r["val_mean_dice"] for r in rows}) == 1
     assert len(rows) == 3 and last["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     tmp_path, tiny_config
 ):
     run_dir = tmp_path / "run"
-    train.fit(replace(tiny_config, train={"epochs": 1}), run_dir, progress=False)
+    loop.fit(replace(tiny_config, train={"epochs": 1}), run_dir, RunOptions(progress=False))
     broken = replace(tiny_config, train={"epochs": 3, "loss": "bce", "pos_weight": float("nan")})
     with pytest.raises(FloatingPointError, match="last good checkpoint is epoch 1"):
-        train.fit(broken, run_dir, resume=True, progress=False)
+        loop.fit(broken, run_dir, RunOptions(resume=True, progress=False))
     manager = checkpoint.create_manager(run_dir / "checkpoints", read_only=True)
     assert manager.all_steps() == [1]
     manager.close()
-    assert len(writer.read_metrics(run_dir / "metrics.jsonl")) == 1
+    assert len(metrics_log.read_metrics(run_dir / "metrics.jsonl")) == 1
 
 
 def test_too_few_images_for_a_batch(tiny_config):
     config = replace(tiny_config, train={"batch_size": 64})
-    with pytest.raises(data.DataError, match="fewer than one batch"):
-        train.fit(config, "/nonexistent/run", progress=False)
+    with pytest.raises(errors.DataError, match="fewer than one batch"):
+        loop.fit(config, "/nonexistent/run", RunOptions(progress=False))
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_another_runs_best_weights(tmp_path, tiny_config):
     first = tmp_path / "first"
-    train.fit(replace(tiny_config, train={"epochs": 1}), first, progress=False)
+    loop.fit(replace(tiny_config, train={"epochs": 1}), first, RunOptions(progress=False))
     tuned = replace(tiny_config, train={"epochs": 1, "lr": 0.0, "init_from": str(first)})
-    train.fit(tuned, tmp_path / "second", progress=False)
+    loop.fit(tuned, tmp_path / "second", RunOptions(progress=False))
     a, _ = final_state(tiny_config, first)
     b, _ = final_state(tiny_config, tmp_path / "second")
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_array_equal(x, y)
     other = replace(tuned, model={"features": 8})
     with pytest.raises(UserError, match="its model differs"):
-        train.fit(other, tmp_path / "third", progress=False)
+        loop.fit(other, tmp_path / "third", RunOptions(progress=False))
     # A fine-tune resumes from its own checkpoint: the source run is no longer needed.
     shutil.rmtree(first)
     longer = replace(tuned, train={"epochs": 2})
-    assert train.fit(longer, tmp_path / "second", resume=True, progress=False)["epoch"] == 2
+    assert (
+        loop.fit(longer, tmp_path / "second", RunOptions(resume=True, progress=False))["epoch"] == 2
+    )
 
 
+@pytest.mark.slow
 def test_unet_valid_trains_and_previews_whole_images(demo_dir, tmp_path):
     """Overlap-tile: training, validation and the preview all cover the whole image."""
     from tests.conftest import make_tiny_config
@@ -334,13 +349,14 @@ def test_unet_valid_trains_and_previews_whole_images(demo_dir, tmp_path):
         data={"image_size": (44, 52)},
         model={"arch": "unet-valid"},
     )
-    row = train.fit(config, tmp_path / "run", progress=False)
+    row = loop.fit(config, tmp_path / "run", RunOptions(progress=False))
     assert np.isfinite(row["val_loss"]) and 0 <= row["val_mean_dice"] <= 1
     preview = Image.open(tmp_path / "run/previews/epoch_001.png")
     # Three 44x52 tiles per row (2 px gaps), a 14 px header, preview_count = 2 rows.
     assert preview.size == (3 * 54, 14 + 2 * 46)
 
 
+@pytest.mark.slow
 def test_training_traces_each_step_function_once(demo_dir, tmp_path):
     """Three epochs with validation and previews, planned by a time budget (which times the
     steps on a throwaway state first): no step is traced (so compiled) again."""
@@ -359,23 +375,24 @@ def test_training_traces_each_step_function_once(demo_dir, tmp_path):
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         config = make_tiny_config(demo_dir, epochs=3)
-        train.fit(config, tmp_path / "run", progress=False, time_budget=30)
+        loop.fit(config, tmp_path / "run", RunOptions(progress=False, time_budget=30))
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    assert len(writer.read_metrics(tmp_path / "run" / "metrics.jsonl")) == 3
+    assert len(metrics_log.read_metrics(tmp_path / "run" / "metrics.jsonl")) == 3
     assert (tmp_path / "run" / "previews" / "epoch_003.png").exists()
-    assert {name: traced[name] for name in ("train_step", "eval_step", "_probs")} == {
+    # The previews come from the evaluation step's probabilities: nothing else is compiled.
+    assert {name: traced[name] for name in ("train_step", "eval_step", "predict_probs")} == {
         "train_step": 1,
         "eval_step": 1,
-        "_probs": 1,
+        "predict_probs": 0,
     }
 
 
 def test_plan_epochs_fits_whole_epochs_after_the_tuning_reserve():
-    assert train.plan_epochs(600, 50, 95, done=0, most=100) == 10  # (600 - 95) // 50
-    assert train.plan_epochs(600, 50, 95, done=0, most=4) == 4  # --epochs is smaller: it wins
-    assert train.plan_epochs(600, 50, 95, done=3, most=100) == 13  # a resume: 10 more
-    assert train.plan_epochs(20, 50, 95, done=0, most=100) == 1  # nothing fits: one epoch
+    assert budget.plan_epochs(600, 50, 95, done=0, most=100) == 10  # (600 - 95) // 50
+    assert budget.plan_epochs(600, 50, 95, done=0, most=4) == 4  # --epochs is smaller: it wins
+    assert budget.plan_epochs(600, 50, 95, done=3, most=100) == 13  # a resume: 10 more
+    assert budget.plan_epochs(20, 50, 95, done=0, most=100) == 1  # nothing fits: one epoch
 
 
 class StepClock:
@@ -389,17 +406,20 @@ class StepClock:
         return self.now
 
 
+@pytest.mark.slow
 def test_a_run_that_falls_behind_its_budget_stops_after_the_last_epoch_that_fits(
     tiny_config, tmp_path, monkeypatch, capsys
 ):
     # Planning: 10 s an epoch, a 13.4 s reserve for tuning (10 + 3 x 1 s + 0.05 x 8 images);
     # the clock reads 10 s later each time, so an epoch seems to take 10 s and the plan, at
     # t = 10 of 60, is 3 epochs. After epoch 1 (t = 40), another would end past 60: stop.
-    monkeypatch.setattr(train, "_measure", lambda setup, state, clock: (10.0, 1.0))
+    monkeypatch.setattr(budget, "measure", lambda setup, state, clock: budget.Timing(10, 1, 0))
     config = replace(tiny_config, train={"epochs": 6})
-    row = train.fit(config, tmp_path / "run", progress=False, time_budget=1, clock=StepClock(10))
+    row = loop.fit(
+        config, tmp_path / "run", RunOptions(progress=False, time_budget=1), clock=StepClock(10)
+    )
     assert row["budget"] and row["epoch"] == 1
-    assert load_config(tmp_path / "run/config.json").train.epochs == 3  # the plan is saved
+    assert run_folder.read_facts(tmp_path / "run").epochs == 3  # the plan is saved
     out = capsys.readouterr().out
     assert "time budget 1 min: 3 epochs planned" in out
     assert "time budget: stopping after epoch 1 of 3" in out
@@ -411,7 +431,7 @@ def test_sigterm_mid_epoch_saves_the_position_and_resume_equals_never_stopping(
     """The signal arrives during step 11 (epoch 2, batch 3 of 8): the step finishes, the
     checkpoint holds that position, and a new process resumes to the uninterrupted result."""
     config, straight = straight_run
-    create = train.create_steps
+    create = start.create_steps
 
     def steps_that_signal(*args):
         steps, calls = create(*args), []
@@ -424,10 +444,10 @@ def test_sigterm_mid_epoch_saves_the_position_and_resume_equals_never_stopping(
 
         return steps._replace(train=step)
 
-    monkeypatch.setattr(train, "create_steps", steps_that_signal)
+    monkeypatch.setattr(start, "create_steps", steps_that_signal)
     run_dir = tmp_path / "stopped"
     handler = signal.getsignal(signal.SIGTERM)
-    row = train.fit(config, run_dir, progress=False)
+    row = loop.fit(config, run_dir, RunOptions(progress=False))
     assert row["stopped"] == [1, 3] and row["epoch"] == 1
     assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
     _, meta = final_state(config, run_dir)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from segjax import writer
+from segjax.train import metrics_log
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/ccp_person"
@@ -172,7 +172,7 @@ def keep_best_previews(runs_root: str = "runs/experiments") -> list[str]:
 
 def keep_previews(run_dir: Path, name: str) -> list[str]:
     """Copy a run's images (best epoch's validation preview, worst held-out cases, curves)."""
-    rows = writer.read_metrics(run_dir / "metrics.jsonl")
+    rows = metrics_log.read_metrics(run_dir / "metrics.jsonl")
     best = max(rows, key=lambda r: r["val_mean_dice"])["epoch"]
     sources = (run_dir / f"previews/epoch_{best:03d}.png", *(run_dir / f for f in PREVIEWS[1:]))
     kept = []
@@ -194,7 +194,7 @@ def _read(run_dir: Path) -> dict | None:
         if (run_dir / "tuned.json").exists()
         else {}
     )
-    timing = writer.read_metrics(run_dir / "timing.jsonl")
+    timing = metrics_log.read_metrics(run_dir / "timing.jsonl")
     return {
         "raw": results["tta=off postprocess=off"],
         "tuned_dice": results[f"tta={'on' if tuned.get('tta') else 'off'} postprocess=on"][
@@ -284,7 +284,7 @@ def findings() -> list[str]:
         else:
             verdict = "agrees" if delta * direction > 0 else "**contradicts**"
         lines.append(f"| {name} | {reference} | {delta:+.4f} | {course} | {verdict} |")
-    plateau = writer.read_metrics(ROOT / RESULTS / "schedule-plateau" / "metrics.jsonl")
+    plateau = metrics_log.read_metrics(ROOT / RESULTS / "schedule-plateau" / "metrics.jsonl")
     if plateau and len({row["lr"] for row in plateau}) == 1:
         lines += [
             "",

@@ -15,9 +15,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from segjax.train import metrics_log
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from segjax import writer  # noqa: E402
 
 DOCS = ROOT / "docs" / "pretrained"
 KEPT = ("config.json", "metrics.jsonl", "timing.jsonl", "tuned.json", "evaluation_test.json")
@@ -76,8 +77,8 @@ def row(name: str) -> dict | None:
         return None
     results = json.loads((folder / "evaluation_test.json").read_text())["results"]
     tuned = json.loads((folder / "tuned.json").read_text())
-    timing = writer.read_metrics(folder / "timing.jsonl")
-    metrics = writer.read_metrics(folder / "metrics.jsonl")
+    timing = metrics_log.read_metrics(folder / "timing.jsonl")
+    metrics = metrics_log.read_metrics(folder / "metrics.jsonl")
     config = json.loads((folder / "config.json").read_text())
     wall = float((folder / "wall_s").read_text()) if (folder / "wall_s").exists() else None
     return {

@@ -1,7 +1,7 @@
 """Encoders: an image in, its features at strides 1, 2, 4, ... out (None where an encoder has none).
 
 `ScratchEncoder` is the UNet's own contracting path; `EfficientNetLite` and `ResNet` follow the
-ImageNet classifiers whose weights `segjax.pretrained` loads (the PyTorch definitions of the
+ImageNet classifiers whose weights `segjax.models.pretrained` loads (the PyTorch definitions of the
 `efficientnet-lite-pytorch` package and of torchvision).
 """
 
@@ -276,12 +276,3 @@ class ResNetClassifier(nn.Module):
         pdtype = param_dtype(self.dtype)
         dense = nn.Dense(self.classes, dtype=self.dtype, param_dtype=pdtype, name="fc")
         return dense(jnp.mean(feature, axis=(1, 2)))
-
-
-ENCODERS = {
-    "scratch": ScratchEncoder,
-    "efficientnet-lite0": functools.partial(EfficientNetLite, width=1.0, depth=1.0),
-    "efficientnet-lite2": functools.partial(EfficientNetLite, width=1.1, depth=1.2),
-    "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2)),
-    "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3)),
-}

@@ -13,10 +13,12 @@ from pathlib import Path
 import jax
 from tqdm.auto import tqdm
 
-from segjax import postprocess, rle
+from segjax.config import InferenceOptions
+from segjax.data import sources
 from segjax.errors import UserError
 from segjax.files import write_text
-from segjax.postprocess import PostProcess
+from segjax.inference import ensemble, postprocess, rle
+from segjax.inference.postprocess import PostProcess
 
 HEADER = ("id", "encoded_pixels")
 
@@ -77,34 +79,28 @@ def validate(
 
 
 def make_submission(
-    run_dir: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    runs: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    options: InferenceOptions = InferenceOptions(),
+    *,
     data_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
-    which: str = "best",
-    batch_size: int | None = None,
-    tta: bool | None = None,
-    threshold: float | None = None,
-    use_postprocess: bool = True,
     order: str = "F",
-    progress: bool = True,
 ) -> Report:
     """Predict every test image of the data folder and write <run>/submission.csv.
 
-    `run_dir` is one run, a k-fold folder, or a list of runs (see `segjax.ensemble`): their
-    probabilities are averaged at each image's original size, then one threshold and
-    post-processing apply. Defaults come from the runs: their data folder, best checkpoint,
-    TTA and tuning.
+    `runs` is one run, a k-fold folder, or a list of runs (see `segjax.inference.ensemble`;
+    None: the newest run or k-fold folder): their probabilities are averaged at each image's
+    original size, then one threshold and post-processing apply. Defaults come from the runs:
+    their data folder, best checkpoint, TTA and tuning.
     """
-    from segjax import ensemble, sources
-
-    paths = [run_dir] if isinstance(run_dir, str | os.PathLike) else run_dir
-    group = ensemble.load(paths, which, tta)
+    paths = [runs] if isinstance(runs, str | os.PathLike) else runs
+    group = ensemble.load(paths, options.checkpoint, options.tta)
     if out is None and group.home is None:
         raise UserError("several runs: say where the submission goes with --out")
     path = Path(out) if out else group.home / "submission.csv"
     arrays = ensemble.decode(group, lambda d: sources.load_test(d, data_dir))
-    params = ensemble.postprocess(group, threshold, use_postprocess)
-    rles = _encode_all(group, arrays, batch_size, params, order, progress)
+    post = ensemble.postprocess(group, options.threshold, options.postprocess)
+    rles = _encode_all(group, arrays, options, post, order)
     ids, sizes = arrays[0].ids, [tuple(s) for s in arrays[0].sizes]
     empty = sum(r == "" for r in rles) / len(rles)
     if jax.process_index() == 0:  # every process took part in predicting; one writes
@@ -112,21 +108,20 @@ def make_submission(
         empty = validate(path, ids, sizes)
     first = group.members[0]
     every = all(m.tta for m in group.members)
-    return Report(path, len(rles), empty, params, every, first.loaded.step, ensemble.summary(group))
+    return Report(path, len(rles), empty, post, every, first.loaded.step, ensemble.summary(group))
 
 
-def _encode_all(group, arrays, batch_size, params: PostProcess, order: str, progress) -> list:
+def _encode_all(group, arrays, options: InferenceOptions, post: PostProcess, order: str) -> list:
     """The RLE of every image: the runs' mean probability at its size, post-processed and
     encoded in a thread pool, chunk by chunk."""
-    from segjax import ensemble
-
     sizes = [tuple(s) for s in arrays[0].sizes]
     rles: list[str] = [""] * len(sizes)
-    bar = tqdm(total=len(sizes), desc="predict", unit="img", disable=not progress)
-    encode = lambda prob: rle.encode(postprocess.apply(prob, params, params.active), order)
+    bar = tqdm(total=len(sizes), desc="predict", unit="img", disable=not options.progress)
+    encode = lambda prob: rle.encode(postprocess.apply(prob, post, post.active), order)
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
         images = [a.images for a in arrays]
-        for part, probs in ensemble.mean_probs(group, images, sizes, None, batch_size, pool=pool):
+        chunks = ensemble.mean_probs(group, images, sizes, None, options.batch_size, pool=pool)
+        for part, probs in chunks:
             for i, text in zip(part, pool.map(encode, probs), strict=True):
                 rles[i] = text
             bar.update(len(part))

@@ -16,9 +16,14 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from segjax import data, postprocess, predict, tune, viz
-from segjax.errors import UserError
+from segjax import viz
+from segjax.config import InferenceOptions
+from segjax.data import decode, layout
+from segjax.errors import DataError, UserError
 from segjax.files import save_png
+from segjax.inference import postprocess, predictor, tuning
+from segjax.inference.postprocess import PostProcess
+from segjax.inference.run_loader import load_run
 
 CHUNK = 256  # images decoded at a time: memory stays bounded for any folder
 
@@ -41,8 +46,8 @@ def collect(inputs: Sequence[str | os.PathLike]) -> list[Path]:
                 p
                 for p in sorted(item.iterdir())
                 if p.is_file()
-                and p.suffix.lower() in data.IMAGE_EXTENSIONS
-                and p.name not in data.JUNK
+                and p.suffix.lower() in layout.IMAGE_EXTENSIONS
+                and p.name not in layout.JUNK
                 and not p.name.startswith(".")
             ]
         elif item.is_file():
@@ -62,10 +67,18 @@ def collect(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def outputs(path: Path, out: Path, overlay: bool, probs: bool) -> list[Path]:
-    names = [f"{path.stem}.png"]
-    names += [f"{path.stem}_overlay.png"] * overlay + [f"{path.stem}_prob.png"] * probs
-    return [out / name for name in names]
+class Outputs(NamedTuple):
+    """What is written for each input: <out>/<stem>.png, and optionally more."""
+
+    out: Path
+    overlay: bool = False  # <stem>_overlay.png: the prediction drawn over the image
+    probs: bool = False  # <stem>_prob.png: the probability map, 8-bit
+
+    def paths(self, path: Path) -> list[Path]:
+        names = [f"{path.stem}.png"]
+        names += [f"{path.stem}_overlay.png"] * self.overlay
+        names += [f"{path.stem}_prob.png"] * self.probs
+        return [self.out / name for name in names]
 
 
 def _decode(paths: Sequence[Path], size, grayscale: bool):
@@ -73,12 +86,11 @@ def _decode(paths: Sequence[Path], size, grayscale: bool):
     images, originals, kept, failed = [], [], [], []
     for path in paths:
         try:
-            image = data.read_image(path, grayscale)
-        except data.DataError as err:
+            image = decode.read_image(path, grayscale)
+        except DataError as err:
             failed.append(str(err))
             continue
-        resized = np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
-        images.append(resized[..., None] if resized.ndim == 2 else resized)
+        images.append(decode.resize_image(image, size))
         originals.append(np.asarray(image.convert("RGB")))
         kept.append(path)
     return images, originals, kept, failed
@@ -91,61 +103,52 @@ def _write_png(array: np.ndarray, path: Path) -> None:
 def predict_files(
     run_dir: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
+    outputs: Outputs,
+    options: InferenceOptions = InferenceOptions(),
     *,
-    which: str = "best",
-    batch_size: int | None = None,
-    tta: bool | None = None,
-    threshold: float | None = None,
-    use_postprocess: bool = True,
-    overlay: bool = False,
-    probs: bool = False,
     force: bool = False,
-    progress: bool = True,
 ) -> Report:
     """Write `<out>/<stem>.png` (0/255) for every input image, at its original size.
 
     Unreadable files are skipped and returned in `failed`; existing outputs are an error
     unless `force`.
     """
-    paths, out = collect(inputs), Path(out)
-    taken = [o for p in paths for o in outputs(p, out, overlay, probs) if o.exists()]
+    paths = collect(inputs)
+    taken = [o for p in paths for o in outputs.paths(p) if o.exists()]
     if taken and not force:
         shown = ", ".join(map(str, taken[:5])) + (" ..." if len(taken) > 5 else "")
         raise UserError(f"{len(taken)} outputs exist already ({shown}): add --force to replace")
-    loaded = predict.load_run(run_dir, which)
+    loaded = load_run(run_dir, options.checkpoint)
     config = loaded.config
-    params, tta = tune.settings(run_dir, threshold, tta)
-    batch = batch_size or config.train.eval_batch_size
-    out.mkdir(parents=True, exist_ok=True)
+    post, tta = tuning.settings(run_dir, options.threshold, options.tta)
+    post = post if options.postprocess else PostProcess(post.threshold)
+    batch = options.batch_size or config.train.eval_batch_size
+    outputs.out.mkdir(parents=True, exist_ok=True)
     failed, written = [], 0
-    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not options.progress)
     for start in range(0, len(paths), CHUNK):
         chunk = paths[start : start + CHUNK]
         images, originals, kept, bad = _decode(chunk, config.data.image_size, config.data.grayscale)
         failed += bad
         if images:
-            for idx, prob_batch in predict.iterate_probs(loaded, np.stack(images), batch, tta):
+            for idx, prob_batch in predictor.iterate_probs(loaded, np.stack(images), batch, tta):
                 for i, prob in zip(idx, prob_batch, strict=True):
-                    _write_outputs(
-                        kept[i], originals[i], prob, params, use_postprocess, out, overlay, probs
-                    )
+                    _write_outputs(kept[i], originals[i], prob, post, outputs)
                     written += 1
         bar.update(len(chunk))
     bar.close()
-    return Report(written, failed, out)
+    return Report(written, failed, outputs.out)
 
 
-def _write_outputs(path, original, prob, params, use_postprocess, out, overlay, probs) -> None:
-    size = original.shape[:2]
-    full = predict.resize_prob(prob, size)
-    mask = postprocess.apply(full, params, use_postprocess)
-    _write_png(mask.astype(np.uint8) * 255, out / f"{path.stem}.png")
-    if overlay:
-        _write_png(viz.overlay(original, mask, viz.PRED), out / f"{path.stem}_overlay.png")
-    if probs:
+def _write_outputs(path: Path, original, prob, post: PostProcess, outputs: Outputs) -> None:
+    full = predictor.resize_prob(prob, original.shape[:2])
+    mask = postprocess.apply(full, post)
+    _write_png(mask.astype(np.uint8) * 255, outputs.out / f"{path.stem}.png")
+    if outputs.overlay:
+        _write_png(viz.overlay(original, mask, viz.PRED), outputs.out / f"{path.stem}_overlay.png")
+    if outputs.probs:
         prob_u8 = np.clip(np.round(full * 255.0), 0, 255).astype(np.uint8)
-        _write_png(prob_u8, out / f"{path.stem}_prob.png")
+        _write_png(prob_u8, outputs.out / f"{path.stem}_prob.png")
 
 
 def report_failures(report: Report) -> int:

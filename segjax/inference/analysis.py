@@ -11,27 +11,32 @@ from pathlib import Path
 
 import numpy as np
 
-from segjax import ensemble, metrics, postprocess, sources, viz
+from segjax import metrics, viz
+from segjax.config import InferenceOptions
+from segjax.data import sources
 from segjax.errors import UserError
 from segjax.files import write_text
-from segjax.postprocess import PostProcess
+from segjax.inference import ensemble, postprocess
+from segjax.inference.postprocess import PostProcess
 
 
 def evaluate_run(
-    run_dir: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    runs: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    options: InferenceOptions = InferenceOptions(),
+    *,
     split: str = "val",
-    which: str = "best",
-    batch_size: int | None = None,
     out_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Metrics with and without post-processing and flip TTA; worst 8 images as a PNG.
 
-    `run_dir` is one run, a k-fold folder or a list of runs (their mean probability; on 'val',
+    `runs` is one run, a k-fold folder or a list of runs (their mean probability; on 'val',
     each image by the runs that validate it: out of fold for folds). Writes
     <out_dir>/evaluation_<split>.json and <out_dir>/worst_<split>.png (default: the run).
+    The worst images are drawn with the tuned TTA unless `options.tta` says otherwise.
     """
-    paths = [run_dir] if isinstance(run_dir, str | os.PathLike) else run_dir
-    group = ensemble.load(paths, which)
+    paths = [runs] if isinstance(runs, str | os.PathLike) else runs
+    batch_size = options.batch_size
+    group = ensemble.load(paths, options.checkpoint, options.tta)
     if out_dir is None and group.home is None:
         raise UserError("several runs: say where the evaluation goes with --out-dir")
     out_dir = Path(out_dir) if out_dir else group.home
@@ -44,9 +49,9 @@ def evaluate_run(
         )
     first = group.members[0].loaded
     truths = sources.original_masks(first.config.data, [arrays[0].ids[i] for i in indices])
-    params = ensemble.postprocess(group)
+    post = ensemble.postprocess(group, options.threshold)
     images = [a.images[indices] for a in arrays]
-    results, per_image = _score(group, images, truths, covers, params, batch_size)
+    results, per_image = _score(group, images, truths, covers, post, batch_size)
     tta = all(m.tta for m in group.members)
     dice = per_image[f"tta={'on' if tta else 'off'} postprocess=on"]
     worst = np.argsort(dice, kind="stable")[:8]
@@ -61,13 +66,13 @@ def evaluate_run(
     )
     probs = [p for _, part in chunks for p in part]
     out_dir.mkdir(parents=True, exist_ok=True)
-    _draw_worst(arrays[0], indices[worst], probs, params, captions, out_dir / f"worst_{split}.png")
+    _draw_worst(arrays[0], indices[worst], probs, post, captions, out_dir / f"worst_{split}.png")
     report = {
         "split": split,
         "images": len(indices),
         "checkpoint": first.step,
         "runs": ensemble.summary(group),
-        "postprocess": params.__dict__,
+        "postprocess": post.__dict__,
         "results": results,
         "worst": dict(zip(captions, [float(dice[w]) for w in worst], strict=True)),
     }
@@ -75,12 +80,12 @@ def evaluate_run(
     return {**report, "out_dir": str(out_dir)}
 
 
-def _counts(index, prob, truths, params: PostProcess, use_pp: bool) -> np.ndarray:
-    pred = postprocess.apply(prob, params, use_pp)
+def _counts(index, prob, truths, post: PostProcess, use_pp: bool) -> np.ndarray:
+    pred = postprocess.apply(prob, post, use_pp)
     return metrics.confusion_counts_np(pred, truths[index])
 
 
-def _score(group, images, truths, covers, params: PostProcess, batch_size):
+def _score(group, images, truths, covers, post: PostProcess, batch_size):
     """Metrics for the four settings (TTA, post-processing each on or off), at original size.
 
     Returns (results by setting, per-image Dice by setting).
@@ -95,7 +100,7 @@ def _score(group, images, truths, covers, params: PostProcess, batch_size):
             )
             for part, probs in chunks:
                 for use_pp in (False, True):
-                    one = functools.partial(_counts, truths=truths, params=params, use_pp=use_pp)
+                    one = functools.partial(_counts, truths=truths, post=post, use_pp=use_pp)
                     counts[use_pp] += pool.map(one, part, probs)
             for use_pp in (False, True):
                 key = f"tta={'on' if tta else 'off'} postprocess={'on' if use_pp else 'off'}"
@@ -109,12 +114,12 @@ def _score(group, images, truths, covers, params: PostProcess, batch_size):
     return results, per_image
 
 
-def _draw_worst(arrays, indices, probs, params: PostProcess, captions, path: Path) -> None:
+def _draw_worst(arrays, indices, probs, post: PostProcess, captions, path: Path) -> None:
     """Image, truth, prediction and error map of each of the worst images, one row each."""
     rows = []
     for i, prob in zip(indices, probs, strict=True):
         image, truth = arrays.images[i], arrays.masks[i]
-        pred = postprocess.apply(prob, params)
+        pred = postprocess.apply(prob, post)
         rows.append(
             [
                 viz._rgb(image),

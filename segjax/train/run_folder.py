@@ -10,14 +10,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from segjax.config import Config, load_config
+from segjax.config import Config, RunFacts, load_config, save_config, show
 from segjax.errors import UserError
+from segjax.files import write_text
 
 RUNS_ROOT = Path("runs")
+CONFIG_FILE = "config.json"  # the user's settings: the model is rebuilt from them
+FACTS_FILE = "run.json"  # what the run found: normalisation, compute dtype, weights, epochs
 FOLDS_FILE = "folds.json"  # marks a k-fold folder: runs/<name>/fold-<I>/ are its runs
 # Everything segjax writes into a run folder (--overwrite removes these and nothing else).
 RUN_FILES = (
-    "config.json",
+    CONFIG_FILE,
+    FACTS_FILE,
     "metrics.jsonl",
     "timing.jsonl",
     "checkpoints",
@@ -59,8 +63,7 @@ def newest_run(root: str | os.PathLike = RUNS_ROOT, folds: bool = False) -> Path
     found = [p for mark in marks for p in root.glob(f"*/{mark}")] if root.is_dir() else []
     if not found:
         raise UserError(
-            f"no runs under {root.absolute()}: train one first (python scripts/train.py), "
-            "or pass --run-dir"
+            f"no runs under {root.absolute()}: train one first (segjax train), or pass --run-dir"
         )
     return max(found, key=lambda p: p.stat().st_mtime).parent
 
@@ -125,23 +128,89 @@ def writable(folder: Path) -> Path:
     return folder
 
 
-def claim(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Check that a new run may use this folder: a folder with checkpoints needs a choice.
+def claim(folder: Path, *, resume: bool, overwrite: bool, folds: bool = False) -> None:
+    """A new run may use this folder unless it holds one: that needs `resume` (continue) or
+    `overwrite` (clear the folder, and its fold folders, first; says what it removed).
 
-    `overwrite` clears the folder first (and says what it removed); `resume` continues it.
+    `folds`: the folder is for k-fold runs, so its folds.json and fold-<I>/ count as a run.
     """
     if resume and overwrite:
         raise UserError("--resume continues a run and --overwrite starts it again: pick one")
+    fold_dirs = sorted(folder.glob("fold-*")) if folds and folder.is_dir() else []
     if overwrite:
-        removed = clear(run_dir) if run_dir.is_dir() else []
+        removed = clear(folder) if folder.is_dir() else []
+        for fold in fold_dirs:
+            removed += [f"{fold.name}/{name}" for name in clear(fold)]
+            if not any(fold.iterdir()):
+                fold.rmdir()
         if removed:
-            print(f"--overwrite: removed {', '.join(removed)} from {run_dir}", flush=True)
+            print(f"--overwrite: removed {', '.join(removed)} from {folder}", flush=True)
         return
-    if not resume and has_checkpoints(run_dir):
+    if folds:
+        held = is_folds(folder) or any(has_checkpoints(f) for f in fold_dirs)
+        what, them = "k-fold runs", "them"
+    else:
+        held, what, them = has_checkpoints(folder), "a trained run", "it"
+    if not resume and held:
         raise UserError(
-            f"{run_dir} already holds a trained run: add --resume to continue it, or "
-            "--overwrite to delete its files and train again (or choose another --name)"
+            f"{folder} already holds {what}: add --resume to continue {them}, or --overwrite "
+            f"to delete {'their' if folds else 'its'} files and train again (or choose another "
+            "--name)"
         )
+    if folds and (folder / CONFIG_FILE).exists():
+        raise UserError(f"{folder} holds a single run: choose another --name for k-fold runs")
+
+
+def write_run(run_dir: Path, config: Config, facts: RunFacts) -> None:
+    """config.json (the user's settings) and run.json (what the run found), atomically."""
+    save_config(config, run_dir / CONFIG_FILE)
+    write_text(run_dir / FACTS_FILE, json.dumps(facts.to_dict(), indent=2) + "\n")
+
+
+def has_facts(run_dir: Path) -> bool:
+    return (Path(run_dir) / FACTS_FILE).is_file() or (Path(run_dir) / CONFIG_FILE).is_file()
+
+
+# Runs written before run.json existed kept these facts in config.json (and the planned epochs
+# as its train.epochs).
+_FACTS_IN_CONFIG = {"data": ("mean", "std"), "model": ("encoder_source", "dtype")}
+
+
+def config_from_dict(raw: dict, origin: Path) -> tuple[Config, dict]:
+    """A Config from config.json's (or folds.json's) content, and the facts that a run from
+    before run.json kept in it; errors name `origin`."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    found = {}
+    for section, keys in _FACTS_IN_CONFIG.items():
+        for key in keys:
+            if key in raw.get(section, {}):
+                value = raw[section].pop(key)
+                found[key] = tuple(value) if isinstance(value, list) else value
+    return load_config(origin, raw), found
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[Config, RunFacts]:
+    """A run's settings and facts; a run folder from before run.json loads too."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no config.json (not a segjax run folder); check --run-dir")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a segjax config ({err})") from err
+    config, found = config_from_dict(raw, path)
+    facts_path = run_dir / FACTS_FILE
+    if not facts_path.is_file():
+        return config, RunFacts(**found, epochs=config.train.epochs)
+    try:
+        return config, RunFacts.from_dict(json.loads(facts_path.read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(f"{facts_path}: not a segjax run record ({err})") from err
+
+
+def read_facts(run_dir: Path) -> RunFacts:
+    return read_run(run_dir)[1]
 
 
 def resume_config(run_dir: Path, given: dict[tuple[str, str], tuple[str, Any]]) -> Config:
@@ -152,9 +221,9 @@ def resume_config(run_dir: Path, given: dict[tuple[str, str], tuple[str, Any]]) 
     works); one that would change the model, data, split, loss or optimizer is an error.
     """
     if is_folds(run_dir):
-        config = Config.from_dict(load_folds(run_dir)["config"])
-    elif (run_dir / "config.json").exists():
-        config = load_config(run_dir / "config.json")
+        config = config_from_dict(load_folds(run_dir)["config"], run_dir / FOLDS_FILE)[0]
+    elif (run_dir / CONFIG_FILE).exists():
+        config = read_run(run_dir)[0]
     else:
         raise UserError(f"{run_dir}: no config.json, so nothing to resume; train without --resume")
     changes: dict[str, dict[str, Any]] = {}
@@ -164,7 +233,7 @@ def resume_config(run_dir: Path, given: dict[tuple[str, str], tuple[str, Any]]) 
         if (section, field) in RESUMABLE:
             changes.setdefault(section, {})[field] = value
         elif value != saved:
-            refused.append(f"{flag} {_show(value)} (the run has {_show(saved)})")
+            refused.append(f"{flag} {show(value)} (the run has {show(saved)})")
     if refused:
         raise UserError(
             f"--resume continues {run_dir} with its own settings, and these flags would change "
@@ -172,9 +241,3 @@ def resume_config(run_dir: Path, given: dict[tuple[str, str], tuple[str, Any]]) 
         )
     sections = {k: dataclasses.replace(getattr(config, k), **v) for k, v in changes.items()}
     return dataclasses.replace(config, **sections)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else str(value)
-    return str(value)

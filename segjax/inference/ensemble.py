@@ -18,19 +18,23 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from segjax import data, predict, runs, sources, tune
+from segjax.data import sources
+from segjax.data.decode import Arrays
 from segjax.errors import UserError
-from segjax.postprocess import PostProcess
+from segjax.inference import predictor, tuning
+from segjax.inference.postprocess import PostProcess
+from segjax.inference.run_loader import Loaded, load_run
+from segjax.train import run_folder
 
 
 class Member(NamedTuple):
-    loaded: predict.Loaded
+    loaded: Loaded
     tta: bool  # flip TTA as the run tuned it, or as the caller asked
 
 
 class Ensemble(NamedTuple):
     members: tuple[Member, ...]
-    folder: Path | None  # the k-fold folder (runs.FOLDS_FILE) the members come from
+    folder: Path | None  # the k-fold folder (run_folder.FOLDS_FILE) the members come from
     home: Path | None  # where outputs go by default: the folder, a single run, or None
 
     @property
@@ -41,19 +45,19 @@ class Ensemble(NamedTuple):
 def run_dirs(paths: Sequence[str | os.PathLike] | None) -> tuple[list[Path], Path | None]:
     """The run folders of `paths` (default: the newest run or k-fold folder), and the k-fold
     folder when `paths` is one."""
-    paths = [Path(p) for p in paths] if paths else [runs.newest_run(folds=True)]
-    if len(paths) == 1 and runs.is_folds(paths[0]):
+    paths = [Path(p) for p in paths] if paths else [run_folder.newest_run(folds=True)]
+    if len(paths) == 1 and run_folder.is_folds(paths[0]):
         folder = paths[0]
-        record = runs.load_folds(folder)
+        record = run_folder.load_folds(folder)
         missing = [i for i in range(record["folds"]) if i not in record["done"]]
         if missing:
             raise UserError(
                 f"{folder}: fold {missing[0]} of {record['folds']} is not trained yet; finish "
-                f"with: python scripts/train.py --fold all --resume --run-dir {folder}"
+                f"with: segjax train --fold all --resume --run-dir {folder}"
             )
-        return [runs.fold_dir(folder, i) for i in range(record["folds"])], folder
+        return [run_folder.fold_dir(folder, i) for i in range(record["folds"])], folder
     for path in paths:
-        if runs.is_folds(path):
+        if run_folder.is_folds(path):
             raise UserError(f"{path} is a k-fold folder: pass it alone, not in a list of runs")
     if len(set(paths)) < len(paths):
         raise UserError("a run is named twice in --run-dir")
@@ -63,7 +67,7 @@ def run_dirs(paths: Sequence[str | os.PathLike] | None) -> tuple[list[Path], Pat
 def load(paths, which: str = "best", tta: bool | None = None) -> Ensemble:
     """Load every member's weights; their data must be the same."""
     dirs, folder = run_dirs(paths)
-    loaded = [predict.load_run(d, which) for d in dirs]
+    loaded = [load_run(d, which) for d in dirs]
     first = loaded[0]
     for other in loaded[1:]:
         if other.config.data.data_dir != first.config.data.data_dir:
@@ -72,7 +76,7 @@ def load(paths, which: str = "best", tta: bool | None = None) -> Ensemble:
                 f"and {first.run_dir} on {first.config.data.data_dir or 'the demo data'!r}: an "
                 "ensemble's runs must share their data"
             )
-    members = tuple(Member(m, tune.settings(m.run_dir, None, tta)[1]) for m in loaded)
+    members = tuple(Member(m, tuning.settings(m.run_dir, None, tta)[1]) for m in loaded)
     return Ensemble(members, folder, folder or (dirs[0] if len(dirs) == 1 else None))
 
 
@@ -80,7 +84,7 @@ def with_tta(ensemble: Ensemble, tta: bool) -> Ensemble:
     return ensemble._replace(members=tuple(m._replace(tta=tta) for m in ensemble.members))
 
 
-def decode(ensemble: Ensemble, read) -> list[data.Arrays]:
+def decode(ensemble: Ensemble, read) -> list[Arrays]:
     """Each member's images at its own training size, `read(DataConfig)` once per size; the
     ids must agree (one order for every member)."""
     key = lambda m: (m.loaded.config.data.image_size, m.loaded.config.data.grayscale)
@@ -121,10 +125,10 @@ def mean_probs(
             if not len(mine):
                 continue
             batch = batch_size or member.loaded.config.train.eval_batch_size
-            for idx, probs in predict.iterate_probs(
+            for idx, probs in predictor.iterate_probs(
                 member.loaded, images[m][mine], batch, member.tta
             ):
-                resize = lambda ip: predict.resize_prob(ip[1], sizes[ip[0]])
+                resize = lambda ip: predictor.resize_prob(ip[1], sizes[ip[0]])
                 resized = mapper(resize, zip(mine[idx], probs, strict=True))
                 for slot, prob in zip(mine[idx] - start, resized, strict=True):
                     sums[slot] = prob if sums[slot] is None else sums[slot] + prob
@@ -134,7 +138,7 @@ def mean_probs(
         yield part, [s if c == 1 else s / np.float32(c) for s, c in zip(sums, counts, strict=True)]
 
 
-def split_of(ensemble: Ensemble, arrays: data.Arrays, split: str) -> tuple[np.ndarray, np.ndarray]:
+def split_of(ensemble: Ensemble, arrays: Arrays, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The images of a split and which members cover each: (indices, covers [members, n]).
 
     'val': the union of the members' validation images, each covered by the members that
@@ -163,15 +167,16 @@ def split_of(ensemble: Ensemble, arrays: data.Arrays, split: str) -> tuple[np.nd
     return union, np.stack([np.isin(union, s) for s in sets])
 
 
-def tune_ensemble(ensemble: Ensemble, batch_size: int | None = None) -> tuple[PostProcess, dict]:
+def tune(group: Ensemble, batch_size: int | None = None, arrays=None) -> tuple[PostProcess, dict]:
     """Threshold and post-processing searched on the validation images' mean probabilities
-    (at the first member's training size, as a single run's tuning)."""
-    arrays = decode(ensemble, sources.load_labelled)
-    indices, covers = split_of(ensemble, arrays[0], "val")
-    size = tuple(ensemble.members[0].loaded.config.data.image_size)
+    (at the first member's training size, as training validates). `arrays`: the members'
+    labelled images, if decoded already."""
+    arrays = arrays or decode(group, sources.load_labelled)
+    indices, covers = split_of(group, arrays[0], "val")
+    size = tuple(group.members[0].loaded.config.data.image_size)
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
         chunks = mean_probs(
-            ensemble,
+            group,
             [a.images[indices] for a in arrays],
             [size] * len(indices),
             covers,
@@ -179,9 +184,27 @@ def tune_ensemble(ensemble: Ensemble, batch_size: int | None = None) -> tuple[Po
             pool=pool,
         )
         probs = np.concatenate([np.stack(p) for _, p in chunks])
-    params, report = tune.search(probs, np.asarray(arrays[0].masks[indices]))
-    out_of_fold = len(ensemble.members) > 1 and bool((covers.sum(axis=0) == 1).all())
-    return params, {"val_images": len(indices), "out_of_fold": out_of_fold, **report}
+    post, report = tuning.search(probs, np.asarray(arrays[0].masks[indices]))
+    out_of_fold = len(group.members) > 1 and bool((covers.sum(axis=0) == 1).all())
+    return post, {"val_images": len(indices), "out_of_fold": out_of_fold, **report}
+
+
+def tune_run(run_dir: str | os.PathLike, which: str = "best") -> dict:
+    """A run's tuning (an ensemble of one): threshold and post-processing searched with flip TTA
+    off and on, the better kept in <run>/tuned.json. Returns that record."""
+    group = load([run_dir], which)
+    arrays = decode(group, sources.load_labelled)
+    best = None
+    for tta in (False, True):
+        post, report = tune(with_tta(group, tta), arrays=arrays)
+        if best is None or report["dice_tuned"] > best[2]["dice_tuned"] + 1e-6:
+            best = (post, tta, report)
+    post, tta, report = best
+    report.pop("out_of_fold")
+    extra = {"checkpoint": group.members[0].loaded.step, **report}
+    if jax.process_index() == 0:
+        tuning.save_tuned(Path(run_dir) / "tuned.json", post, tta, extra)
+    return {"postprocess": dataclasses.asdict(post), "tta": tta, **extra}
 
 
 def postprocess(ensemble: Ensemble, threshold: float | None = None, use: bool = True):
@@ -189,25 +212,25 @@ def postprocess(ensemble: Ensemble, threshold: float | None = None, use: bool = 
     (tuned on the out-of-fold predictions; made and kept here if missing); a list of runs
     tuned now on the validation images they share."""
     if len(ensemble.members) == 1 and ensemble.folder is None:
-        params = tune.settings(ensemble.members[0].loaded.run_dir)[0]
+        post = tuning.settings(ensemble.members[0].loaded.run_dir)[0]
     elif ensemble.folder is not None and (ensemble.folder / "tuned.json").exists():
-        params = tune.load_tuned(ensemble.folder)[0]
+        post = tuning.load_tuned(ensemble.folder)[0]
     else:
-        params, _ = tune_and_keep(ensemble)
+        post, _ = tune_and_keep(ensemble)
     if threshold is not None:
-        params = dataclasses.replace(params, threshold=threshold)
-    return params if use else PostProcess(params.threshold)
+        post = dataclasses.replace(post, threshold=threshold)
+    return post if use else PostProcess(post.threshold)
 
 
 def tune_and_keep(ensemble: Ensemble) -> tuple[PostProcess, dict]:
-    """`tune_ensemble`; a k-fold folder keeps the result in <folder>/tuned.json (with each
+    """`tune`; a k-fold folder keeps the result in <folder>/tuned.json (with each
     member's TTA), so later submissions and evaluations read it instead of tuning again."""
-    params, report = tune_ensemble(ensemble)
+    post, report = tune(ensemble)
     if ensemble.folder is not None and jax.process_index() == 0:
         ttas = [m.tta for m in ensemble.members]
         extra = {"runs": ensemble.names, "member_tta": ttas, **report}
-        tune.save_tuned(ensemble.folder / "tuned.json", params, all(ttas), extra)
-    return params, report
+        tuning.save_tuned(ensemble.folder / "tuned.json", post, all(ttas), extra)
+    return post, report
 
 
 def summary(ensemble: Ensemble) -> str:

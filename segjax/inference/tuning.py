@@ -1,4 +1,4 @@
-"""Search threshold, post-processing and TTA for the best mean Dice on the validation split."""
+"""Search the threshold and post-processing for the best mean Dice; tuned.json, read and written."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from segjax import metrics, postprocess
+from segjax import metrics
+from segjax.errors import UserError
 from segjax.files import write_text
-from segjax.postprocess import PostProcess
+from segjax.inference import postprocess
+from segjax.inference.postprocess import PostProcess
 
 THRESHOLDS = tuple(np.round(np.arange(0.3, 0.701, 0.05), 2).tolist())
 OPEN_RADII = (0.0, 0.008, 0.016)  # fractions of the shorter side: 0, 2 and 4 px at 256
@@ -21,11 +23,11 @@ MIN_AREAS = (0.0, 0.002, 0.005, 0.01)  # fractions of the image: 0 to 655 px at 
 FILL_HOLES = (False, True)
 
 
-def mean_dice(probs: np.ndarray, masks: np.ndarray, params: PostProcess, pool=None) -> float:
+def mean_dice(probs: np.ndarray, masks: np.ndarray, post: PostProcess, pool=None) -> float:
     """Per-image mean Dice of post-processed predictions (both empty = 1)."""
 
     def counts(i):
-        return metrics.confusion_counts_np(postprocess.apply(probs[i], params), masks[i])
+        return metrics.confusion_counts_np(postprocess.apply(probs[i], post), masks[i])
 
     mapper = pool.map if pool is not None else map
     return float(metrics.per_image_dice(np.stack(list(mapper(counts, range(len(probs)))))).mean())
@@ -42,9 +44,9 @@ def search(probs: np.ndarray, masks: np.ndarray, top: int = 2) -> tuple[PostProc
         best_t = sorted(by_threshold, key=lambda t: (-by_threshold[t], abs(t - 0.5)))[:top]
         results = {PostProcess(t): by_threshold[t] for t in best_t}
         for t, r, a, f in itertools.product(best_t, OPEN_RADII, MIN_AREAS, FILL_HOLES):
-            params = PostProcess(t, r, a, f)
-            if params.active:
-                results[params] = mean_dice(probs, masks, params, pool)
+            post = PostProcess(t, r, a, f)
+            if post.active:
+                results[post] = mean_dice(probs, masks, post, pool)
     # Ties go to the simpler setting (fewer operations), then the threshold nearest 0.5.
     best = max(
         results, key=lambda p: (round(results[p], 6), -_complexity(p), -abs(p.threshold - 0.5))
@@ -62,8 +64,8 @@ def _complexity(p: PostProcess) -> int:
     return int(p.open_radius > 0) + int(p.min_area > 0) + int(p.fill_holes)
 
 
-def save_tuned(path: str | os.PathLike, params: PostProcess, tta: bool, extra: dict) -> None:
-    record = {"postprocess": dataclasses.asdict(params), "tta": tta, **extra}
+def save_tuned(path: str | os.PathLike, post: PostProcess, tta: bool, extra: dict) -> None:
+    record = {"postprocess": dataclasses.asdict(post), "tta": tta, **extra}
     write_text(path, json.dumps(record, indent=2) + "\n")
 
 
@@ -72,38 +74,21 @@ def load_tuned(run_dir: str | os.PathLike) -> tuple[PostProcess, bool] | None:
     path = Path(run_dir) / "tuned.json"
     if not path.exists():
         return None
-    record = json.loads(path.read_text())
-    fields = {f.name for f in dataclasses.fields(PostProcess)}
-    # Older tuned.json files also hold keep_largest (never tuned, always false): not a field now.
-    params = {k: v for k, v in record["postprocess"].items() if k in fields}
-    return PostProcess(**params), bool(record["tta"])
+    try:
+        record = json.loads(path.read_text())
+        return PostProcess(**record["postprocess"]), bool(record["tta"])
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise UserError(
+            f"{path}: not a segjax tuning record ({err}); tune again, or convert a run of segjax "
+            "0.1 with tools/migrate_run.py"
+        ) from err
 
 
 def settings(run_dir, threshold: float | None = None, tta: bool | None = None):
     """(post-processing, TTA) as the run tuned them (defaults if never tuned), with the
     caller's threshold and TTA where given."""
     tuned = load_tuned(run_dir)
-    params, tuned_tta = tuned if tuned else (PostProcess(), False)
+    post, tuned_tta = tuned if tuned else (PostProcess(), False)
     if threshold is not None:
-        params = dataclasses.replace(params, threshold=threshold)
-    return params, tuned_tta if tta is None else tta
-
-
-def tune_run(run_dir: str | os.PathLike, which: str = "best") -> dict:
-    """Predict the validation split (with and without flip TTA), search, write tuned.json."""
-    from segjax import predict, sources
-
-    loaded = predict.load_run(run_dir, which)
-    config, splits = sources.load_splits(loaded.config)
-    images = splits.arrays.images[splits.val]
-    masks = np.asarray(splits.arrays.masks[splits.val])
-    best = None
-    for tta in (False, True):
-        probs = predict.predict_all(loaded, images, config.train.eval_batch_size, tta)
-        params, report = search(probs, masks)
-        if best is None or report["dice_tuned"] > best[2]["dice_tuned"] + 1e-6:
-            best = (params, tta, report)
-    params, tta, report = best
-    extra = {"checkpoint": loaded.step, "val_images": len(splits.val), **report}
-    save_tuned(Path(run_dir) / "tuned.json", params, tta, extra)
-    return {"postprocess": dataclasses.asdict(params), "tta": tta, **extra}
+        post = dataclasses.replace(post, threshold=threshold)
+    return post, tuned_tta if tta is None else tta

@@ -17,10 +17,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from segjax import predict, tune
+from segjax.config import InferenceOptions
 from segjax.errors import UserError
 from segjax.files import write_bytes, write_text
-from segjax.models import create_model
+from segjax.inference import tuning
+from segjax.inference.run_loader import load_run
+from segjax.models import apply
+from segjax.models.builder import create_model
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -28,24 +31,24 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 def export_run(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,
-    which: str = "best",
-    tta: bool | None = None,
+    options: InferenceOptions = InferenceOptions(),
     platforms: tuple[str, ...] = PLATFORMS,
 ) -> dict:
     """Write `out` (the serialised function) and `out.json`; return that JSON's content.
 
-    A platform that the model does not lower for is left out (and named in the JSON).
+    A platform that the model does not lower for is left out (and named in the JSON). Of
+    `options`, the checkpoint, TTA and threshold apply.
     """
     out = Path(out)
-    loaded = predict.load_run(run_dir, which)
-    config = loaded.config
-    params, tta = tune.settings(run_dir, tta=tta)
+    loaded = load_run(run_dir, options.checkpoint)
+    config, facts = loaded.config, loaded.facts
+    post, tta = tuning.settings(run_dir, options.threshold, options.tta)
     variables = jax.device_get(loaded.variables)  # constants of the function, on no mesh
-    model = create_model(config.model)
+    model = create_model(config.model, facts.dtype)
 
     def probabilities(images_u8: jax.Array) -> jax.Array:
-        return predict._probs(
-            variables, images_u8, model=model, mean=config.data.mean, std=config.data.std, tta=tta
+        return apply.predict_probs(
+            variables, images_u8, apply_fn=model.apply, mean=facts.mean, std=facts.std, tta=tta
         )
 
     h, w = config.data.image_size
@@ -58,9 +61,9 @@ def export_run(
         "function": "uint8 images [b, H, W, C] -> float32 probabilities [b, H, W]",
         "image_size": [h, w],
         "channels": config.data.channels,
-        "normalization": {"mean": list(config.data.mean), "std": list(config.data.std)},
+        "normalization": {"mean": list(facts.mean), "std": list(facts.std)},
         "tta": tta,
-        "postprocess": dataclasses.asdict(params),
+        "postprocess": dataclasses.asdict(post),
         "checkpoint": loaded.step,
         "run_dir": str(run_dir),
         "platforms": list(exported.platforms),

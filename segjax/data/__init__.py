@@ -1,0 +1,1 @@
+"""Data: find, pair, decode and cache the files; split them; the synthetic demo; augmentations."""

@@ -1,0 +1,1 @@
+"""Inference: load a run, predict, post-process, tune, ensemble, submit, analyse, export."""

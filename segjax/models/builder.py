@@ -1,0 +1,72 @@
+"""Build the model from its config alone: the encoder and decoder named in the registries."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from segjax.config import ModelConfig
+from segjax.errors import UserError
+from segjax.models.encoder_decoder import EncoderDecoder
+from segjax.models.layers import DTYPES
+from segjax.models.registry import ARCHS, ENCODERS
+
+
+def _encoder(config: ModelConfig, dtype) -> nn.Module:
+    entry, arch = ENCODERS[config.encoder], ARCHS[config.arch]
+    if entry.stride is None:  # the UNet's own contracting path: shaped by the model options
+        return entry.module(
+            features=config.features,
+            depth=config.depth,
+            padding="VALID" if arch.valid else "SAME",
+            batch_norm=config.batch_norm,
+            dropout=config.dropout,
+            dropout_deep_only=config.dropout_deep_only,
+            convs=4 if config.double_conv else 2,
+            activation=config.activation,
+            residual=arch.residual,
+            dtype=dtype,
+            name="encoder",
+        )
+    return entry.module(bn_frozen=config.encoder_bn == "frozen", dtype=dtype, name="encoder")
+
+
+def create_model(config: ModelConfig, dtype: str = "float32") -> nn.Module:
+    """The module of a model config, computing in `dtype` (parameters stay float32)."""
+    check_model(config)
+    arch = ARCHS[config.arch]
+    options = dict(
+        features=config.features,
+        batch_norm=config.batch_norm,
+        dropout=config.dropout,
+        dropout_deep_only=config.dropout_deep_only,
+        convs=4 if config.double_conv else 2,
+        activation=config.activation,
+        upsample=config.upsample,
+        dtype=DTYPES[dtype],
+        name="decoder",
+    )
+    if arch.deep_supervision:
+        options["deep_supervision"] = config.deep_supervision
+    decoder = arch.decoder(**options)
+    return EncoderDecoder(_encoder(config, DTYPES[dtype]), decoder, overlap_tile=arch.valid)
+
+
+def check_model(config: ModelConfig) -> None:
+    """Combinations that cannot be built are errors that say what to change."""
+    if config.arch not in ARCHS:
+        raise UserError(f"unknown arch {config.arch!r}; choose one of {', '.join(ARCHS)}")
+    if config.encoder not in ENCODERS:
+        raise UserError(f"unknown encoder {config.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if config.encoder != "scratch" and ARCHS[config.arch].scratch_only:
+        usable = [name for name, arch in ARCHS.items() if not arch.scratch_only]
+        usable = ", ".join(usable[:-1]) + f" or {usable[-1]}"
+        raise UserError(
+            f"--arch {config.arch} takes only --encoder scratch (its encoder is part of the "
+            f"design); with --encoder {config.encoder} use --arch {usable}"
+        )
+
+
+def total_stride(config: ModelConfig) -> int:
+    """What the input size is padded to a multiple of, and the smallest size that works."""
+    stride = ENCODERS[config.encoder].stride
+    return 2**config.depth if stride is None else stride

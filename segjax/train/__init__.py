@@ -1,0 +1,1 @@
+"""Training: the train state and jitted steps, the loop, checkpoints, run folders, k folds."""

@@ -1,0 +1,200 @@
+"""Everything before the first step: checks, the run folder, the data, the jitted steps, and a
+fresh state (pretrained or `--init-from` weights) or the state of the newest readable checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+
+from segjax import parallel
+from segjax.config import Config, RunFacts
+from segjax.data import sampling, sources
+from segjax.errors import DataError, UserError
+from segjax.models import pretrained
+from segjax.models.builder import total_stride
+from segjax.train import checkpoint, metrics_log, optim, run_folder
+from segjax.train.progress import Progress
+from segjax.train.step import (
+    Steps,
+    TrainState,
+    create_steps,
+    create_train_state,
+    init_variables,
+)
+
+# --precision -> the model's compute dtype (parameters, optimizer state and losses stay float32)
+COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+class Setup(NamedTuple):
+    """What one `fit` call works with, besides the train state and its progress."""
+
+    config: Config  # the user's settings (config.json)
+    facts: RunFacts  # what the run found (run.json): normalisation, dtype, weights, epochs
+    run_dir: Path
+    splits: sources.Splits
+    steps_per_epoch: int
+    steps: Steps
+    mesh: Any
+    manager: Any  # the Orbax CheckpointManager of run_dir/checkpoints
+    lead: bool  # process 0: writes the run folder's files
+
+    @property
+    def epochs(self) -> int:
+        """The epochs the schedule spans."""
+        return self.facts.epochs
+
+
+class Start(NamedTuple):
+    setup: Setup
+    state: TrainState
+    progress: Progress
+    rows: tuple[dict, ...]  # metrics rows of the finished epochs
+
+
+def check_image_size(config: Config) -> None:
+    """The training size must be at least the model's total stride on each side."""
+    stride = total_stride(config.model)
+    h, w = config.data.image_size
+    if min(h, w) < stride:
+        scratch = config.model.encoder == "scratch"
+        raise UserError(
+            f"--image-size {h}x{w} is smaller than the model's total stride {stride} "
+            f"({'2^depth' if scratch else f'of the {config.model.encoder} encoder'}): use at "
+            f"least {stride}x{stride}{', or a smaller --depth' if scratch else ''}"
+        )
+
+
+def initial_facts(config: Config, splits: sources.Splits) -> RunFacts:
+    """What a new run knows before its first step: the normalisation statistics of its
+    training images, its compute dtype, its schedule's length."""
+    mean, std = sources.normalization(config, splits.arrays.images[splits.train])
+    tc = config.train
+    return RunFacts(mean=mean, std=std, dtype=COMPUTE_DTYPES[tc.precision], epochs=tc.epochs)
+
+
+def start(config: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> Start:
+    """Check, claim the folder, decode and split the data, jit the steps, then start fresh or
+    from the newest readable checkpoint (`resume`)."""
+    tc = config.train
+    parallel.check_batch_size(tc.batch_size)
+    parallel.check_batch_size(tc.eval_batch_size, "--eval-batch-size")
+    check_image_size(config)
+    lead = jax.process_index() == 0
+    if lead:
+        run_folder.claim(run_dir, resume=resume, overwrite=overwrite)
+        if not resume:
+            pretrained.weights_file(config.model.encoder, config.model.encoder_weights)
+    mesh = parallel.create_mesh()
+    splits = sources.load_splits(config)
+    if not len(splits.val):
+        raise DataError("the validation split is empty: raise --val-fraction")
+    spe = sampling.steps_per_epoch(len(splits.train), tc.batch_size)
+    if resume and run_folder.has_facts(run_dir):
+        facts = run_folder.read_facts(run_dir)
+    else:
+        facts = initial_facts(config, splits)
+    key = jax.random.fold_in(jax.random.key(tc.seed), 0)
+    state = jax.device_put(create_train_state(config, key, spe, facts), parallel.replicated(mesh))
+    manager = checkpoint.create_manager(run_folder.writable(run_dir) / "checkpoints")
+    setup = Setup(config, facts, run_dir, splits, spe, create_steps(config, facts, mesh, spe), mesh,
+                  manager, lead)  # fmt: skip
+    if resume and manager.latest_step() is not None:
+        return _resume(setup, state)
+    return _fresh(setup, state)
+
+
+def _resume(setup: Setup, state: TrainState) -> Start:
+    """The newest readable checkpoint: state, progress and the metrics rows it covers."""
+    state, meta, step, skipped = checkpoint.restore_newest_readable(setup.manager, state)
+    for reason in skipped:
+        print(f"warning: {reason}; resuming from epoch {step}", flush=True)
+    progress = Progress.from_meta(meta)
+    metrics_path = setup.run_dir / "metrics.jsonl"
+    rows = metrics_log.trim_metrics(metrics_path, progress.epoch) if setup.lead else []
+    epochs = setup.config.train.epochs
+    if meta["config"]["train"]["epochs"] != epochs:  # --epochs changed on resume: a new length
+        _report_schedule_change(_saved_epochs(meta), setup, state)
+    else:
+        epochs = _saved_epochs(meta)
+    setup = setup._replace(facts=dataclasses.replace(setup.facts, epochs=epochs))
+    return Start(setup, state, progress, tuple(rows))
+
+
+def _saved_epochs(meta: dict) -> int:
+    """The schedule's length when the checkpoint was written."""
+    if "facts" in meta:
+        return meta["facts"]["epochs"]
+    return meta["config"]["train"]["epochs"]  # runs written before run.json kept the plan there
+
+
+def _fresh(setup: Setup, state: TrainState) -> Start:
+    """Pretrained encoder weights or another run's (`--init-from`), and no metrics yet."""
+    state, source = load_pretrained(state, setup.config, setup.mesh)
+    if source:
+        setup = setup._replace(facts=dataclasses.replace(setup.facts, encoder_source=source))
+    if setup.config.train.init_from:
+        state = _init_from(state, setup.config)
+    if setup.lead:
+        (setup.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return Start(setup, state, Progress(), ())
+
+
+def load_pretrained(state: TrainState, config: Config, mesh) -> tuple[TrainState, str]:
+    """Put the pretrained encoder's weights into a fresh state; also return their source
+    (the file and its sha256; "" when there is nothing to load)."""
+    m = config.model
+    if pretrained.weights_file(m.encoder, m.encoder_weights) is None:
+        return state, ""
+    template = {
+        "params": state.params["encoder"],
+        "batch_stats": state.batch_stats["encoder"],
+    }
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
+    loaded, source = pretrained.load_encoder(m.encoder, m.encoder_weights, template)
+    loaded = jax.device_put(loaded, parallel.replicated(mesh))
+    state = state.replace(
+        params={**state.params, "encoder": loaded["params"]},
+        batch_stats={**state.batch_stats, "encoder": loaded["batch_stats"]},
+    )
+    return state, source
+
+
+def _init_from(state: TrainState, config: Config) -> TrainState:
+    """Fine-tuning: the weights and BatchNorm statistics of another run's best epoch."""
+    source_dir = Path(config.train.init_from)
+    source, facts = run_folder.read_run(source_dir)
+    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+    theirs = jax.eval_shape(lambda: init_variables(source, jax.random.key(0), facts.dtype))
+    if shapes(theirs["params"]) != shapes(state.params):
+        raise UserError(
+            f"--init-from {source_dir}: its model differs from this run's (arch/options)"
+        )
+    manager = checkpoint.create_manager(source_dir / "checkpoints", read_only=True)
+    template = {"params": state.params, "batch_stats": state.batch_stats}
+    try:
+        variables = checkpoint.restore_variables(
+            manager, checkpoint.resolve_step(manager, "best"), template
+        )
+    finally:
+        manager.close()
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
+def _report_schedule_change(saved: int, setup: Setup, state: TrainState) -> None:
+    """One line when a resume changes the schedule's length (--epochs), so the rate moves."""
+    tc, spe = setup.config.train, setup.steps_per_epoch
+    if tc.schedule in ("constant", "plateau"):
+        return
+    step = int(state.step)
+    old = optim.learning_rate_at(tc, step, saved * spe, spe)
+    new = optim.learning_rate_at(tc, step, tc.epochs * spe, spe)
+    print(
+        f"resuming at step {step} with --epochs {tc.epochs} (was {saved}): the "
+        f"{tc.schedule} schedule now spans {tc.epochs} epochs, so the learning rate continues "
+        f"at {float(new):.3g} instead of {float(old):.3g} and ends with epoch {tc.epochs}",
+        flush=True,
+    )

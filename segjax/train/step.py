@@ -1,0 +1,109 @@
+"""TrainState and the jitted steps: one update on an augmented batch, one evaluation batch."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax.training import train_state
+
+from segjax import losses, metrics, parallel
+from segjax.config import Config, RunFacts
+from segjax.data import augment
+from segjax.models import apply
+from segjax.models.builder import create_model
+from segjax.train import optim
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+    plateau: Any  # optax reduce_on_plateau state; only moves with schedule "plateau"
+    # The schedule's length in steps, a value rather than a constant of the compiled step: a
+    # time-budget plan or a resume with other --epochs changes it without a recompile.
+    schedule_steps: jax.Array
+
+
+def init_variables(config: Config, rng: jax.Array, dtype: str = "float32") -> dict:
+    """The model's variables from the config and a key (under jit: faster)."""
+    model = create_model(config.model, dtype)
+    h, w = config.data.image_size
+    sample = jnp.zeros((1, h, w, config.data.channels), jnp.float32)
+    return jax.jit(lambda key: model.init({"params": key}, sample, train=False))(rng)
+
+
+def create_train_state(
+    config: Config, rng: jax.Array, steps_per_epoch: int, facts: RunFacts = RunFacts()
+) -> TrainState:
+    """A fresh train state: initialised variables, optimizer state, plateau tracker."""
+    model = create_model(config.model, facts.dtype)
+    variables = init_variables(config, rng, facts.dtype)
+    epochs = facts.epochs or config.train.epochs
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=optim.create_optimizer(config.train, steps_per_epoch),
+        plateau=optim.create_plateau(config.train).init(variables["params"]),
+        schedule_steps=jnp.asarray(epochs * steps_per_epoch, jnp.int32),
+    )
+
+
+def train_step(
+    state: TrainState, batch: dict, rng: jax.Array, *, loss_fn, level, mean, std, schedule
+):
+    """One update on an augmented batch; randomness from fold_in(rng, step): resumable."""
+    aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    rate = schedule(state.step, state.schedule_steps, scale=state.plateau.scale)
+    state = state.replace(opt_state=optim.with_learning_rate(state.opt_state, rate))
+    images, masks = augment.prepare_batch(aug_rng, batch["image"], batch["mask"], level, mean, std)
+
+    def compute_loss(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        logits, updates = state.apply_fn(
+            variables, images, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
+        )
+        return loss_fn(logits, masks), updates
+
+    (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    return state, {"loss": loss}
+
+
+def eval_step(state: TrainState, batch: dict, *, loss_fn, mean, std) -> dict[str, jax.Array]:
+    """Per-image loss, confusion counts and probabilities [B, H, W] on an unaugmented batch.
+
+    The mask is `metrics.to_mask` of `apply.probabilities` at 0.5: the rule that evaluation and
+    the submission apply, so validation Dice here equals `evaluate.py`'s at 0.5.
+    """
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = apply.logits(state.apply_fn, variables, batch["image"], mean, std)
+    masks = batch["mask"].astype(jnp.float32)
+    per_image = jax.vmap(lambda x, y: loss_fn(x[None], y[None]))(logits, masks)
+    probs = jax.nn.sigmoid(logits[..., 0])
+    counts = metrics.confusion_counts(metrics.to_mask(probs), masks)
+    return {"loss": per_image, "counts": counts, "probs": probs}
+
+
+class Steps(NamedTuple):
+    train: Any  # (state, batch, rng) -> (state, metrics), state donated
+    eval: Any  # (state, batch) -> per-image loss, counts and probabilities
+
+
+def create_steps(config: Config, facts: RunFacts, mesh, steps_per_epoch: int) -> Steps:
+    """jit the steps with the batch sharded over the mesh and the state replicated."""
+    loss_fn = losses.create_loss(config.train)
+    norm = dict(mean=facts.mean, std=facts.std)
+    rep, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    schedule = functools.partial(
+        optim.learning_rate_at, config.train, steps_per_epoch=steps_per_epoch
+    )
+    train = functools.partial(
+        train_step, loss_fn=loss_fn, level=config.train.aug, schedule=schedule, **norm
+    )
+    evaluate = functools.partial(eval_step, loss_fn=loss_fn, **norm)
+    return Steps(
+        jax.jit(train, in_shardings=(rep, shard, rep), out_shardings=(rep, rep), donate_argnums=0),
+        jax.jit(evaluate, in_shardings=(rep, shard), out_shardings=shard),
+    )
