@@ -12,21 +12,86 @@ from segjax.errors import UserError
 from segjax.files import write_text
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number may take: [low, high], either end open or absent."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+
+    def refuses(self, value: float) -> str | None:
+        """Why `value` is out of range (None when it is in)."""
+        too_low = self.low is not None and (
+            value < self.low or (self.low_open and value == self.low)
+        )
+        too_high = self.high is not None and (
+            value > self.high or (self.high_open and value == self.high)
+        )
+        if not (too_low or too_high):
+            return None
+        if self.high is None:
+            return f"must be {'greater than' if self.low_open else 'at least'} {self.low:g}"
+        if self.low is None:
+            return f"must be {'less than' if self.high_open else 'at most'} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"must be in {left}{self.low:g}, {self.high:g}{right}"
+
+
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1, high_open=True)  # a share that must leave something: [0, 1)
+PROBABILITY = Range(0, 1)
+
+
 def option(
     default: Any,
     help: str,
     choices: tuple[str, ...] | str = (),
     flag: str | None = None,
     metavar: str | None = None,
+    valid: Range | None = None,
 ):
-    """A setting with the help text and allowed values its command-line flag shows.
+    """A setting with the help text, allowed values and range its command-line flag shows.
 
     `choices` is a tuple of values, or the name of a registry (`"encoders"`, `"archs"`,
     `"losses"`) whose entries are the values; `flag=""` keeps a field off the command line
-    (set by another flag).
+    (set by another flag); `valid` is the range a number must be in (`check` enforces it).
     """
-    meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar}
+    meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar, "valid": valid}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    """A field's flag: --name, or --no-name for a switch that is on by default."""
+    name = field.metadata.get("flag") or field.name.replace("_", "-")
+    return f"--no-{name}" if field.default is True else f"--{name}"
+
+
+def check(settings: Any) -> None:
+    """Every number of a settings dataclass (or a Config's sections) in its range, else one
+    UserError naming the flag, the value and the range."""
+    if isinstance(settings, Config):
+        for section in SECTIONS:
+            check(getattr(settings, section))
+        d = settings.data
+        if d.val_fraction + d.test_fraction >= 1:
+            raise UserError(
+                f"--val-fraction {d.val_fraction:g} and --test-fraction {d.test_fraction:g}: "
+                "their sum must be less than 1 (some images must train)"
+            )
+        if d.folds == 1:
+            raise UserError("--folds 1: use 0 (one --val-fraction split) or at least 2")
+        return
+    for field in dataclasses.fields(settings):
+        value, valid = getattr(settings, field.name), field.metadata.get("valid")
+        if valid is None or value is None or isinstance(value, bool):
+            continue
+        why = valid.refuses(value)
+        if why:
+            raise UserError(f"{flag_of(field)} {value:g}: {why}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +99,20 @@ class DataConfig:
     data_dir: str = option("", "competition-layout folder, or tfds:NAME (default: synthetic demo)")
     image_size: tuple[int, int] = option((256, 256), "training size, N or HxW (height x width)")
     grayscale: bool = option(False, "decode images as one channel instead of RGB")
-    val_fraction: float = option(0.1, "share of labelled images held out for validation")
-    test_fraction: float = option(0.0, "share held out as a local test split (never trained on)")
-    split_seed: int = option(0, "seed of the train/val/test split (not the training seed)")
+    val_fraction: float = option(
+        0.1, "share of labelled images held out for validation", valid=FRACTION
+    )
+    test_fraction: float = option(
+        0.0, "share held out as a local test split (never trained on)", valid=FRACTION
+    )
+    split_seed: int = option(
+        0, "seed of the train/val/test split (not the training seed)", valid=NON_NEGATIVE
+    )
     folds: int = option(
         0,
         "k-fold cross-validation: deal the labelled images outside the --test-fraction "
         "hold-out into K folds; --fold says which one validates (0 = one --val-fraction split)",
+        valid=NON_NEGATIVE,
     )
     fold: int = option(0, "the fold that validates; the others train (set by --fold)", flag="")
     cache_dir: str = option(
@@ -74,10 +146,14 @@ class ModelConfig:
         "pretrained encoder's BatchNorm: train, or frozen at ImageNet's",
         ("train", "frozen"),
     )
-    features: int = option(16, "channels at full resolution, doubled at every level down")
-    depth: int = option(4, "2x2 poolings of the scratch encoder (pretrained encoders: 5)")
+    features: int = option(
+        16, "channels at full resolution, doubled at every level down", valid=AT_LEAST_1
+    )
+    depth: int = option(
+        4, "2x2 poolings of the scratch encoder (pretrained encoders: 5)", valid=AT_LEAST_1
+    )
     batch_norm: bool = option(True, "BatchNorm after every convolution")
-    dropout: float = option(0.0, "dropout rate at the end of a block")
+    dropout: float = option(0.0, "dropout rate at the end of a block", valid=FRACTION)
     dropout_deep_only: bool = option(False, "dropout only in the two deepest levels")
     double_conv: bool = option(False, "four 3x3 convolutions per block instead of two")
     activation: str = option("relu", "activation (leaky_relu: slope 0.01)", ("relu", "leaky_relu"))
@@ -92,43 +168,67 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = option(8, "global batch, split over all devices")
-    eval_batch_size: int = option(16, "evaluation and prediction batch (last one padded)")
-    epochs: int = option(30, "epochs the schedule spans (with --time-budget: at most)")
-    lr: float = option(1e-3, "peak learning rate")
+    batch_size: int = option(8, "global batch, split over all devices", valid=AT_LEAST_1)
+    eval_batch_size: int = option(
+        16, "evaluation and prediction batch (last one padded)", valid=AT_LEAST_1
+    )
+    epochs: int = option(
+        30, "epochs the schedule spans (with --time-budget: at most)", valid=AT_LEAST_1
+    )
+    lr: float = option(1e-3, "peak learning rate", valid=POSITIVE)
     optimizer: str = option("adam", "optimizer (adamw: decoupled weight decay)", ("adam", "adamw"))
-    weight_decay: float = option(1e-4, "adamw's weight decay")
+    weight_decay: float = option(1e-4, "adamw's weight decay", valid=NON_NEGATIVE)
     schedule: str = option(
         "cosine",
         "learning-rate schedule: constant, cosine (warm-up + cosine), onecycle, plateau",
         ("constant", "cosine", "onecycle", "plateau"),
     )
-    warmup_epochs: float = option(1.0, "cosine's linear warm-up, in epochs")
-    plateau_factor: float = option(0.5, "plateau: the rate's factor when validation stalls")
-    plateau_patience: int = option(3, "plateau: epochs without a better validation loss")
+    warmup_epochs: float = option(1.0, "cosine's linear warm-up, in epochs", valid=NON_NEGATIVE)
+    plateau_factor: float = option(
+        0.5,
+        "plateau: the rate's factor when validation stalls",
+        valid=Range(0, 1, low_open=True, high_open=True),
+    )
+    plateau_patience: int = option(
+        3, "plateau: epochs without a better validation loss", valid=NON_NEGATIVE
+    )
     loss: str = option("bce_dice", "loss", "losses")
-    pos_weight: float = option(1.0, "weight of person pixels in BCE terms")
-    focal_gamma: float = option(2.0, "focal loss exponent")
-    focal_alpha: float = option(0.25, "focal loss weight of person pixels (negative: none)")
-    tversky_alpha: float = option(0.7, "Tversky weight of false negatives")
-    tversky_beta: float = option(0.3, "Tversky weight of false positives")
-    tversky_gamma: float = option(0.75, "focal Tversky exponent")
-    edge_weight: float = option(4.0, "edge_bce_dice: extra BCE weight near the mask boundary")
+    pos_weight: float = option(1.0, "weight of person pixels in BCE terms", valid=POSITIVE)
+    focal_gamma: float = option(2.0, "focal loss exponent", valid=NON_NEGATIVE)
+    focal_alpha: float = option(
+        0.25, "focal loss weight of person pixels (negative: none)", valid=Range(high=1)
+    )
+    tversky_alpha: float = option(0.7, "Tversky weight of false negatives", valid=NON_NEGATIVE)
+    tversky_beta: float = option(0.3, "Tversky weight of false positives", valid=NON_NEGATIVE)
+    tversky_gamma: float = option(0.75, "focal Tversky exponent", valid=POSITIVE)
+    edge_weight: float = option(
+        4.0, "edge_bce_dice: extra BCE weight near the mask boundary", valid=NON_NEGATIVE
+    )
     aug: str = option(
         "basic",
         "augmentation: none; basic (flip, scale/crop, rotation); strong (+ colour, noise)",
         ("none", "basic", "strong"),
     )
-    seed: int = option(0, "model init, augmentation, dropout and batch order")
-    early_stop: int = option(0, "stop after N epochs without a better val Dice (0 = off)")
+    seed: int = option(0, "model init, augmentation, dropout and batch order", valid=NON_NEGATIVE)
+    early_stop: int = option(
+        0, "stop after N epochs without a better val Dice (0 = off)", valid=NON_NEGATIVE
+    )
     precision: str = option(
         "fp32", "compute precision (bf16: bfloat16 compute, float32 parameters)", ("fp32", "bf16")
     )
-    preview_count: int = option(8, "validation images drawn in previews/epoch_NNN.png")
-    preview_every: int = option(1, "previews and curves.png every N epochs (and after the last)")
+    preview_count: int = option(
+        8, "validation images drawn in previews/epoch_NNN.png", valid=NON_NEGATIVE
+    )
+    preview_every: int = option(
+        1, "previews and curves.png every N epochs (and after the last)", valid=AT_LEAST_1
+    )
     init_from: str = option("", "fine-tune: start from this run folder's best weights")
-    freeze_encoder_epochs: int = option(0, "epochs before the encoder's weights start to change")
-    encoder_lr_mult: float = option(1.0, "the encoder's learning rate as a fraction of --lr")
+    freeze_encoder_epochs: int = option(
+        0, "epochs before the encoder's weights start to change", valid=NON_NEGATIVE
+    )
+    encoder_lr_mult: float = option(
+        1.0, "the encoder's learning rate as a fraction of --lr", valid=NON_NEGATIVE
+    )
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -221,11 +321,22 @@ class RunOptions:
         "start: the epochs that fit are planned once, before the first update (with --epochs "
         "too, the smaller wins); with --fold all, for all folds together",
         metavar="MINUTES",
+        valid=POSITIVE,
+    )
+    session_limit: float | None = option(
+        None,
+        "minutes this session has, counted from the command's start (a Kaggle notebook's "
+        "limit): training stops after the last epoch that ends in time and says how to "
+        "continue; the schedule still spans --epochs, and --resume in the next session "
+        "continues it as if never stopped",
+        metavar="MINUTES",
+        valid=POSITIVE,
     )
     stop_at_epoch: int | None = option(
         None,
         "stop after this epoch (the schedule still spans --epochs); continue later with --resume",
         metavar="N",
+        valid=AT_LEAST_1,
     )
     started: float | None = option(None, "when the command started (time.time)", flag="")
 
@@ -235,9 +346,13 @@ class InferenceOptions:
     """How `segjax submit`, `evaluate`, `predict` and `export` predict."""
 
     checkpoint: str = option("best", "best, latest or an epoch number")
-    batch_size: int | None = option(None, "prediction batch (default: the run's --eval-batch-size)")
+    batch_size: int | None = option(
+        None, "prediction batch (default: the run's --eval-batch-size)", valid=AT_LEAST_1
+    )
     tta: bool | None = option(None, "flip TTA (default: as tuned)")
-    threshold: float | None = option(None, "probability threshold (default: tuned)")
+    threshold: float | None = option(
+        None, "probability threshold (default: tuned)", valid=PROBABILITY
+    )
     postprocess: bool = option(True, "the tuned post-processing after the threshold")
     progress: bool = option(True, "progress bars")
 
@@ -279,7 +394,8 @@ def show(value: Any) -> str:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'256' -> (256, 256); '256x192' -> (256, 192) as (height, width)."""
+    """'256' -> (256, 256); '256x192' -> (256, 192) as (height, width). The model's checks
+    say what a size must be at least."""
     parts = text.lower().split("x")
     try:
         sizes = tuple(int(p) for p in parts)
@@ -287,6 +403,6 @@ def parse_size(text: str) -> tuple[int, int]:
         sizes = ()
     if len(sizes) == 1:
         sizes = sizes * 2
-    if len(sizes) != 2 or min(sizes) < 1:
+    if len(sizes) != 2:
         raise ValueError(f"image size {text!r}: expected N or HxW, e.g. 256 or 256x192")
     return sizes  # type: ignore[return-value]

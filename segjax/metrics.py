@@ -35,6 +35,14 @@ def per_image_iou(counts_Nx4: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, tp / np.maximum(denominator, 1), 1.0)
 
 
+def per_image_precision_recall(counts_Nx4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall of each image; with nothing predicted (or nothing to find) the
+    ratio is 1."""
+    tp, fp, fn = (counts_Nx4[:, i].astype(np.float64) for i in range(3))
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+    return precision, np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 1.0)
+
+
 def summarize(counts_Nx4: np.ndarray) -> dict[str, float]:
     """Scores named by how they average.
 

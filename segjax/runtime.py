@@ -62,6 +62,11 @@ def configure(fast_cpu: bool = True, compile_cache: bool = True, deterministic: 
     `deterministic` makes GPU reductions and convolutions deterministic (bitwise resume on a
     GPU, at some speed). The user's own XLA_FLAGS win: a flag they already set is kept.
     """
+    # A notebook's inline plotting backend (`!segjax ...` inherits MPLBACKEND=module://...)
+    # means nothing to a command that writes PNG files, and matplotlib refuses to import with
+    # it where that module is not installed.
+    if os.environ.get("MPLBACKEND", "").startswith("module://"):
+        del os.environ["MPLBACKEND"]
     if deterministic and "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DETERMINISTIC}".strip()
     if os.environ.get("SEGJAX_DEFAULT_FLAGS") == "1":

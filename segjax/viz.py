@@ -63,13 +63,11 @@ def save_preview(images_u8, truths, probs, path, threshold: float = 0.5) -> None
 
 def save_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Loss (train, val) and validation Dice per epoch, from metrics.jsonl rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    ax_loss, ax_dice = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
     ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
@@ -80,4 +78,3 @@ def save_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
     ax_dice.legend()
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-    plt.close(fig)

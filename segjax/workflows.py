@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from segjax.config import Config, RunOptions
-from segjax.inference import ensemble
-from segjax.train import folds, loop, run_folder
+from segjax.inference import analysis, ensemble
+from segjax.inference.postprocess import PostProcess
+from segjax.train import folds, loop, metrics_log, run_folder
 
 
 def train_and_tune(config: Config, run_dir: str | Path, options: RunOptions = RunOptions()):
@@ -28,17 +29,34 @@ def train_and_tune(config: Config, run_dir: str | Path, options: RunOptions = Ru
         pass  # fit said how to continue
     elif row and paused and row["epoch"] == options.stop_at_epoch:
         print(f"stopped after epoch {options.stop_at_epoch}; continue with --resume", flush=True)
+    elif row.get("session"):
+        pass  # fit said how to continue in the next session
     elif options.tune:
-        tuned = ensemble.tune_run(run_dir)
-        pp = tuned["postprocess"]
-        print(
-            f"tuned on {tuned['val_images']} validation images (checkpoint {tuned['checkpoint']}): "
-            f"threshold {pp['threshold']}, opening {pp['open_radius']}, min area "
-            f"{pp['min_area']}, fill holes {pp['fill_holes']}, TTA {tuned['tta']}; mean Dice "
-            f"{tuned['dice_at_0.5']:.4f} at 0.5 -> {tuned['dice_tuned']:.4f}",
-            flush=True,
-        )
+        tune_and_report(run_dir)
     return row
+
+
+def tune_and_report(run_dir: Path) -> dict:
+    """Tune the finished run, then say what came out: the best epoch, the tuned validation
+    Dice at the training size and at the images' original size, and the next command."""
+    tuned = ensemble.tune_run(run_dir)
+    config, _ = run_folder.read_run(run_dir)
+    rows = metrics_log.read_metrics(run_dir / "metrics.jsonl")
+    best = next(r for r in rows if r["epoch"] == tuned["checkpoint"])
+    original = analysis.tuned_mean_dice(run_dir)
+    h, w = config.data.image_size
+    post = PostProcess(**tuned["postprocess"])
+    print(
+        f"best epoch {best['epoch']} of {rows[-1]['epoch']}: validation mean Dice "
+        f"{best['val_mean_dice']:.4f} at {h}x{w} (the training size, threshold 0.5)\n"
+        f"tuned on {tuned['val_images']} validation images: threshold {post.threshold}, TTA "
+        f"{'on' if tuned['tta'] else 'off'}, post-processing: {post}\n"
+        f"validation mean Dice, tuned: {tuned['dice_tuned']:.4f} at {h}x{w}; {original:.4f} at "
+        "the images' original size (what a leaderboard scores)\n"
+        f"next: segjax submit --run-dir {run_dir}",
+        flush=True,
+    )
+    return {**tuned, "dice_original_size": original}
 
 
 def train_folds_and_tune(config: Config, folder: str | Path, options: RunOptions = RunOptions()):
@@ -48,11 +66,13 @@ def train_folds_and_tune(config: Config, folder: str | Path, options: RunOptions
     folder = Path(folder)
     done = folds.train_folds(config, folder, train_and_tune, options)
     if options.tune and len(done) == config.data.folds:
-        params, report = ensemble.tune_and_keep(ensemble.load([folder]))
+        post, report = ensemble.tune_and_keep(ensemble.load([folder]))
+        original = analysis.tuned_mean_dice([folder])
         print(
             f"ensemble of {len(done)} folds tuned on {report['val_images']} out-of-fold images: "
-            f"threshold {params.threshold}, mean Dice {report['dice_at_0.5']:.4f} at 0.5 -> "
-            f"{report['dice_tuned']:.4f}",
+            f"threshold {post.threshold}, mean Dice {report['dice_at_0.5']:.4f} at 0.5 -> "
+            f"{report['dice_tuned']:.4f} at the training size, {original:.4f} at the images' "
+            f"original size\nnext: segjax submit --run-dir {folder}",
             flush=True,
         )
     return done

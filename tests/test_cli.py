@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from segjax.cli import commands, flags
-from segjax.config import Config, load_config, parse_size
+from segjax.config import Config, flag_of, load_config, parse_size, save_config
 from segjax.errors import UserError
 from segjax.train import run_folder
 
@@ -103,7 +103,8 @@ def test_without_data_dir_the_demo_preset_applies_unless_overridden():
 
 def test_parse_size():
     assert parse_size("256") == (256, 256) and parse_size("256x192") == (256, 192)
-    for bad in ("", "0", "2x3x4", "ax2"):
+    assert parse_size("0") == (0, 0)  # too small for any model: its checks say so
+    for bad in ("", "2x3x4", "ax2"):
         with pytest.raises(ValueError, match="expected N or HxW"):
             parse_size(bad)
 
@@ -111,7 +112,7 @@ def test_parse_size():
 def test_run_folders(tmp_path):
     first = run_folder.new_run_dir(tmp_path, None, "unet")
     assert first.parent == tmp_path and first.name.startswith("unet-")
-    with pytest.raises(UserError, match="no runs under"):
+    with pytest.raises(UserError, match="no trained runs under"):
         run_folder.newest_run(tmp_path)
 
 
@@ -170,7 +171,10 @@ def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
         (["--data-dir", "/nonexistent/data"], "error: /nonexistent/data: no such data folder"),
         (["--image-size", "8"], "error: --image-size 8x8 is smaller than the model's total stride"),
         (["--image-size", "a"], "error: --image-size: image size 'a': expected N or HxW"),
-        (["--val-fraction", "0.7", "--test-fraction", "0.5"], "error: --val-fraction and"),
+        (
+            ["--val-fraction", "0.7", "--test-fraction", "0.5"],
+            "error: --val-fraction 0.7 and --test-fraction 0.5: their sum must be less than 1",
+        ),
         (["--folds", "3"], "error: --folds K and --fold I|all come together"),
         (["--folds", "3", "--fold", "one"], "error: --fold one: expected a fold number or all"),
         (["--folds", "3", "--fold", "3"], "error: --folds 3 --fold 3: need K >= 2 and 0 <= fold"),
@@ -189,7 +193,7 @@ def test_submit_without_runs_is_a_user_error(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         commands.run("submit", [])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.startswith("error: no runs under")
+    assert capsys.readouterr().err.startswith("error: no trained runs under")
 
 
 def test_flags_come_from_the_config_fields_and_their_choices_from_the_library_tables():
@@ -207,7 +211,7 @@ def test_flags_come_from_the_config_fields_and_their_choices_from_the_library_ta
     help_text = parser.format_help()
     assert "(default 30; demo 20)" in help_text and "(default: None)" not in help_text
     for _, field in options():  # every setting with a flag has one, and its help
-        assert flags.flag(field) in help_text, field.name
+        assert flag_of(field) in help_text, field.name
     args = parser.parse_args(["--no-batch-norm", "--grayscale", "--arch", "unetpp"])
     config = flags.train_config(args)
     assert not config.model.batch_norm and config.data.grayscale and config.model.arch == "unetpp"
@@ -234,3 +238,111 @@ def test_the_segjax_command_lists_and_runs_its_commands(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["submit", "--help"])
     assert exit_.value.code == 0 and "usage: segjax submit" in capsys.readouterr().out
+
+
+def _bad_values(valid) -> list:
+    """Values just outside a range: below its low end, above its high end."""
+    bad = []
+    if valid.low is not None:
+        bad.append(valid.low if valid.low_open else valid.low - 1)
+    if valid.high is not None:
+        bad.append(valid.high if valid.high_open else valid.high + 1)
+    return bad
+
+
+def _numeric_flags() -> list[tuple[str, str, object, str]]:
+    """(command, flag, bad value, expected message) for every numeric flag of every command."""
+    import dataclasses
+
+    from segjax.config import InferenceOptions, RunOptions, options
+
+    cases = []
+    for name in commands.COMMANDS:
+        parser = commands.parser_of(name)
+        typed = {o for a in parser._actions for o in a.option_strings}
+        fields = [f for _, f in options()] if name == "train" else []
+        fields += dataclasses.fields(RunOptions) if name == "train" else []
+        fields += dataclasses.fields(InferenceOptions)
+        for field in fields:
+            valid = field.metadata.get("valid")
+            if valid is None or flag_of(field) not in typed:
+                continue
+            for value in _bad_values(valid):
+                cases.append((name, flag_of(field), value, valid.refuses(value)))
+    return cases
+
+
+REQUIRED = {"predict": ["in.png", "--out", "masks"], "export": ["--out", "model.jaxexport"]}
+
+
+@pytest.mark.parametrize("command, flag, value, why", _numeric_flags())
+def test_every_numeric_flag_of_every_command_is_checked_before_any_work(
+    command, flag, value, why, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    quiet = (
+        ["--no-progress"] if "--no-progress" in commands.parser_of(command).format_help() else []
+    )
+    with pytest.raises(SystemExit) as exit_:
+        commands.run(command, [flag, str(value), *REQUIRED.get(command, []), *quiet])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {flag} {value:g}: {why}\n", err
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_numeric_flags_cover_every_command_that_has_one():
+    covered = {(c, f) for c, f, _, _ in _numeric_flags()}
+    for pair in [
+        ("train", "--batch-size"),
+        ("train", "--lr"),
+        ("train", "--epochs"),
+        ("train", "--dropout"),
+        ("train", "--weight-decay"),
+        ("train", "--val-fraction"),
+        ("train", "--time-budget"),
+        ("train", "--session-limit"),
+        ("submit", "--threshold"),
+        ("submit", "--batch-size"),
+        ("evaluate", "--threshold"),
+        ("predict", "--threshold"),
+        ("export", "--threshold"),
+    ]:
+        assert pair in covered, pair
+
+
+@pytest.mark.parametrize(
+    "command, argv, message",
+    [
+        ("train", ["--image-size", "0"], "error: --image-size 0x0 is smaller than the model's "),
+        ("train", ["--val-fraction", "0.6", "--test-fraction", "0.5"], "error: --val-fraction"),
+        ("train", ["--folds", "1", "--fold", "0"], "error: --folds 1: use 0"),
+        ("predict", ["in.png", "--out", "masks.png"], "error: --out masks.png: looks like a file"),
+        ("predict", ["in.png", "--out", "taken.txt"], "error: --out taken.txt: an existing file"),
+        ("submit", ["--out", "."], "error: --out .: a folder; give the file to write"),
+        ("evaluate", ["--out-dir", "taken.txt"], "error: --out-dir taken.txt: an existing file"),
+    ],
+)
+def test_bad_sizes_and_outputs_get_one_line_and_create_nothing(
+    command, argv, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken.txt").write_text("mine")
+    (tmp_path / "in.png").write_bytes(b"")
+    (tmp_path / "runs" / "done" / "checkpoints" / "1").mkdir(parents=True)  # a "trained" run
+    save_config(Config(), tmp_path / "runs" / "done" / "config.json")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    quiet = (
+        ["--no-progress"] if "--no-progress" in commands.parser_of(command).format_help() else []
+    )
+    with pytest.raises(SystemExit) as exit_:
+        commands.run(command, [*argv, *quiet])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_switches_say_what_their_flag_does():
+    help_text = " ".join(commands.parser_of("train").format_help().split())
+    assert "--no-batch-norm off: BatchNorm after every convolution (on by default)" in help_text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -80,3 +81,16 @@ def test_settings_and_facts_are_kept_apart_and_old_run_folders_still_load(tmp_pa
     (tmp_path / "run.json").unlink()
     old_config, old_facts = run_folder.read_run(tmp_path)
     assert old_facts == facts and old_config == replace(config, train={"epochs": 7})
+
+
+def test_the_newest_run_is_the_newest_that_holds_a_checkpoint(tmp_path):
+    trained = fake_run(tmp_path / "trained")
+    untrained = tmp_path / "untrained"  # config.json only: stopped before its first epoch
+    untrained.mkdir()
+    save_config(Config(), untrained / "config.json")
+    assert run_folder.newest_run(tmp_path) == trained
+    shutil.rmtree(trained)
+    with pytest.raises(
+        UserError, match=r"no trained runs under .* \(untrained holds no checkpoint"
+    ):
+        run_folder.newest_run(tmp_path)

@@ -410,7 +410,7 @@ class StepClock:
 def test_a_run_that_falls_behind_its_budget_stops_after_the_last_epoch_that_fits(
     tiny_config, tmp_path, monkeypatch, capsys
 ):
-    # Planning: 10 s an epoch, a 13.4 s reserve for tuning (10 + 3 x 1 s + 0.05 x 8 images);
+    # Planning: 10 s an epoch, a 16.2 s reserve for tuning (10 + 5 x 1 s + 0.15 x 8 images);
     # the clock reads 10 s later each time, so an epoch seems to take 10 s and the plan, at
     # t = 10 of 60, is 3 epochs. After epoch 1 (t = 40), another would end past 60: stop.
     monkeypatch.setattr(budget, "measure", lambda setup, state, clock: budget.Timing(10, 1, 0))
@@ -454,3 +454,38 @@ def test_sigterm_mid_epoch_saves_the_position_and_resume_equals_never_stopping(
     assert meta["partial"] and meta["position"] == [1, 3]
     subprocess_fit(config, run_dir, resume=True)
     assert_same_run(config, straight, run_dir)
+
+
+def test_a_session_limit_pauses_between_epochs_and_the_next_session_equals_never_stopping(
+    straight_run, tmp_path, capsys
+):
+    """The clock reads 10 s later each time: epochs seem to take 10 s, and with 1.5 minutes
+    (and the 30.9 s margin) a third epoch would end too late, so the session pauses after the
+    second; the schedule still spans all 4 epochs, and a new process resumes to the
+    uninterrupted result."""
+    config, straight = straight_run
+    run_dir = tmp_path / "session"
+    options = RunOptions(progress=False, session_limit=1.5)
+    row = loop.fit(config, run_dir, options, clock=StepClock(10))
+    assert row["session"] and row["epoch"] == 2
+    assert "session limit: paused after epoch 2 of 4" in capsys.readouterr().out
+    assert run_folder.read_facts(run_dir).epochs == 4  # the schedule is kept
+    subprocess_fit(config, run_dir, resume=True)
+    assert_same_run(config, straight, run_dir)
+
+
+@pytest.mark.slow
+def test_an_error_before_the_first_epoch_leaves_no_run_folder(demo_dir, tmp_path):
+    from tests.conftest import make_tiny_config
+
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    config = replace(
+        make_tiny_config(demo_dir, epochs=1),
+        data={"image_size": (64, 64)},
+        model={"encoder": "resnet18", "encoder_weights": str(bad)},
+    )
+    run_dir = tmp_path / "runs" / "refused"
+    with pytest.raises(UserError, match="weights.safetensors"):
+        loop.fit(config, run_dir, RunOptions(progress=False))
+    assert not run_dir.exists()

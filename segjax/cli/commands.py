@@ -18,6 +18,7 @@ from segjax import runtime
 from segjax.cli import flags
 from segjax.config import InferenceOptions, RunOptions
 from segjax.errors import UserError
+from segjax.files import check_output_file, check_output_folder
 
 
 class Command(NamedTuple):
@@ -149,7 +150,10 @@ def train(args: argparse.Namespace) -> None:
         if fold is not None and fold != config.data.fold:
             raise UserError(f"{run_dir} validates on fold {config.data.fold}, not {args.fold}")
     else:
-        config = flags.train_config(args, fold_number(args))
+        config = flags.train_config(args)  # numbers checked before anything else
+        fold = fold_number(args)
+        if fold is not None:
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=fold))
         run_dir = (
             Path(args.run_dir)
             if args.run_dir
@@ -238,9 +242,9 @@ def predict(args: argparse.Namespace) -> int:
     from segjax.inference import masks
     from segjax.train import run_folder
 
-    run_dir = Path(args.run_dir) if args.run_dir else run_folder.newest_run()
-    outputs = masks.Outputs(Path(args.out), args.overlay, args.probs)
     options = flags.option_values(args, InferenceOptions)
+    outputs = masks.Outputs(check_output_folder(args.out), args.overlay, args.probs)
+    run_dir = Path(args.run_dir) if args.run_dir else run_folder.newest_run()
     report = masks.predict_files(run_dir, args.inputs, outputs, options, force=args.force)
     print(f"wrote {report.written} masks to {report.out}")
     return masks.report_failures(report)
@@ -261,8 +265,9 @@ def export(args: argparse.Namespace) -> None:
     from segjax.inference.export import export_run
     from segjax.train import run_folder
 
-    run_dir = Path(args.run_dir) if args.run_dir else run_folder.newest_run()
     options = flags.option_values(args, InferenceOptions)
+    check_output_file(args.out)
+    run_dir = Path(args.run_dir) if args.run_dir else run_folder.newest_run()
     record = export_run(run_dir, args.out, options)
     print(
         f"wrote {args.out} and {args.out}.json: {record['image_size'][0]}x"
@@ -270,6 +275,30 @@ def export(args: argparse.Namespace) -> None:
         f"TTA {'on' if record['tta'] else 'off'}, threshold "
         f"{record['postprocess']['threshold']}"
     )
+
+
+# ---------------------------------------------------------------------------- info
+
+
+def info_arguments(parser: argparse.ArgumentParser) -> None:
+    _process_flags(parser)
+
+
+def info(args: argparse.Namespace) -> None:
+    from importlib.metadata import version
+
+    import jax
+
+    from segjax.train.console import devices
+
+    print(f"segjax {version('segjax')}, jax {jax.__version__}, jaxlib {version('jaxlib')}")
+    print(f"devices: {devices()}")
+    for name, flags_ in (
+        ("XLA_FLAGS", "XLA_FLAGS"),
+        ("compilation cache", "JAX_COMPILATION_CACHE_DIR"),
+    ):
+        print(f"{name}: {os.environ.get(flags_, '') or '(none)'}")
+    print(f"cache: {runtime.cache_dir()} (demo data, decoded arrays, compiled programs)")
 
 
 COMMANDS = {
@@ -316,6 +345,14 @@ COMMANDS = {
         "jax, numpy and flatbuffers.",
         export_arguments,
         export,
+    ),
+    "info": Command(
+        "the devices, versions and caches segjax would use here",
+        "Print the devices JAX sees (platform, kind, count), the versions of segjax, jax and "
+        "jaxlib, segjax's XLA flags and where it caches demo data, decoded arrays and "
+        "compiled programs.",
+        info_arguments,
+        info,
     ),
 }
 

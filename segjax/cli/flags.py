@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from segjax.config import Config, options, parse_size, replace, show
+from segjax.config import Config, check, flag_of, options, parse_size, replace, show
 from segjax.errors import UserError
 
 
@@ -29,12 +29,6 @@ def choices(field: dataclasses.Field) -> list[str] | None:
     if isinstance(named, str):
         return registries()[named]
     return list(named) if named else None
-
-
-def flag(field: dataclasses.Field) -> str:
-    """A field's flag: --name, or --no-name for a switch that is on by default."""
-    name = field.metadata.get("flag") or field.name.replace("_", "-")
-    return f"--no-{name}" if field.default is True else f"--{name}"
 
 
 def _kind(field: dataclasses.Field) -> type:
@@ -58,21 +52,21 @@ def add_field(parser, field: dataclasses.Field, default: Any = None, demo: Any =
     name = field.name.replace("_", "-")
     if kind is bool and field.default is None:  # on, off, or left to the run: --x / --no-x
         pair = parser.add_mutually_exclusive_group()
-        pair.add_argument(f"--{name}", dest=field.name, action="store_true", default=None,
-                          help=f"on: {text}")  # fmt: skip
+        on = dict(action="store_true", default=None, help=f"on: {text}")
+        pair.add_argument(f"--{name}", dest=field.name, **on)
         pair.add_argument(f"--no-{name}", dest=field.name, action="store_false", help="off")
         return
     if kind is bool:
-        switch = f"off: {text} (on by default)" if default else text
-        parser.add_argument(flag(field), dest=field.name, action="store_const", const=not default,
-                            help=switch)  # fmt: skip
+        text = f"off: {text} (on by default)" if default else text
+        switch = dict(action="store_const", const=not default, help=text)
+        parser.add_argument(flag_of(field), dest=field.name, **switch)
         return
     shown = ""
     if default is not None and default != "":
         demo_text = f"; demo {show(demo)}" if demo is not _NO_DEMO and demo != default else ""
         shown = f" (default {show(default)}{demo_text})"
     parser.add_argument(
-        flag(field),
+        flag_of(field),
         dest=field.name,
         type=kind,
         choices=choices(field),
@@ -105,7 +99,9 @@ def option_values(args: argparse.Namespace, cls: type, **extra) -> Any:
         for f in dataclasses.fields(cls)
         if getattr(args, f.name, None) is not None
     }
-    return cls(**{**given, **extra})
+    values = cls(**{**given, **extra})
+    check(values)
+    return values
 
 
 def given_fields(args: argparse.Namespace) -> dict[tuple[str, str], tuple[str, object]]:
@@ -119,18 +115,18 @@ def given_fields(args: argparse.Namespace) -> dict[tuple[str, str], tuple[str, o
             try:
                 value = parse_size(value)
             except ValueError as err:
-                raise UserError(f"{flag(field)}: {err}") from err
-        given[(section, field.name)] = (flag(field), value)
+                raise UserError(f"{flag_of(field)}: {err}") from err
+        given[(section, field.name)] = (flag_of(field), value)
     return given
 
 
-def train_config(args: argparse.Namespace, fold: int | None = None) -> Config:
+def train_config(args: argparse.Namespace) -> Config:
     """The run's Config from parsed flags: defaults, then the demo preset (no --data-dir), then
     the flags."""
     sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     for (section, field), (_, value) in given_fields(args).items():
         sections[section][field] = value
-    if fold is not None:
-        sections["data"]["fold"] = fold
     base = Config() if args.data_dir else Config.demo()
-    return dataclasses.replace(replace(base, **sections), name=args.name or "")
+    config = dataclasses.replace(replace(base, **sections), name=args.name or "")
+    check(config)
+    return config

@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from segjax.config import InferenceOptions
+from segjax.config import InferenceOptions, check
 from segjax.errors import UserError
-from segjax.files import write_bytes, write_text
+from segjax.files import check_output_file, write_bytes, write_text
 from segjax.inference import tuning
 from segjax.inference.run_loader import load_run
 from segjax.models import apply
@@ -39,7 +38,8 @@ def export_run(
     A platform that the model does not lower for is left out (and named in the JSON). Of
     `options`, the checkpoint, TTA and threshold apply.
     """
-    out = Path(out)
+    check(options)
+    out = check_output_file(out)
     loaded = load_run(run_dir, options.checkpoint)
     config, facts = loaded.config, loaded.facts
     post, tta = tuning.settings(run_dir, options.threshold, options.tta)

@@ -17,10 +17,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from segjax import viz
-from segjax.config import InferenceOptions
+from segjax.config import InferenceOptions, check
 from segjax.data import decode, layout
 from segjax.errors import DataError, UserError
-from segjax.files import save_png
+from segjax.files import check_output_folder, save_png
 from segjax.inference import postprocess, predictor, tuning
 from segjax.inference.postprocess import PostProcess
 from segjax.inference.run_loader import load_run
@@ -113,6 +113,8 @@ def predict_files(
     Unreadable files are skipped and returned in `failed`; existing outputs are an error
     unless `force`.
     """
+    check(options)
+    check_output_folder(outputs.out)
     paths = collect(inputs)
     taken = [o for p in paths for o in outputs.paths(p) if o.exists()]
     if taken and not force:

@@ -13,10 +13,10 @@ from pathlib import Path
 import jax
 from tqdm.auto import tqdm
 
-from segjax.config import InferenceOptions
+from segjax.config import InferenceOptions, check
 from segjax.data import sources
 from segjax.errors import UserError
-from segjax.files import write_text
+from segjax.files import check_output_file, write_text
 from segjax.inference import ensemble, postprocess, rle
 from segjax.inference.postprocess import PostProcess
 
@@ -93,6 +93,9 @@ def make_submission(
     original size, then one threshold and post-processing apply. Defaults come from the runs:
     their data folder, best checkpoint, TTA and tuning.
     """
+    check(options)
+    if out is not None:
+        check_output_file(out)
     paths = [runs] if isinstance(runs, str | os.PathLike) else runs
     group = ensemble.load(paths, options.checkpoint, options.tta)
     if out is None and group.home is None:

@@ -17,18 +17,27 @@ from segjax.train.start import Setup
 
 
 class Budget(NamedTuple):
-    """A time budget: the deadline on `clock`, one epoch's estimate, the tuning reserve."""
+    """A deadline on `clock`, one epoch's estimate, and what must still fit after the epochs
+    (the tuning, or a safety margin)."""
 
     deadline: float
     epoch_s: float
     reserve_s: float
     clock: Any
 
-    def allows_another(self, last_epoch_s: float) -> bool:
-        """Whether one more epoch (as long as the estimate or the last one) and the tuning
-        still end before the deadline."""
-        needed = max(self.epoch_s, last_epoch_s) + self.reserve_s
+    def allows_another(self, longest_epoch_s: float) -> bool:
+        """Whether one more epoch (as long as the estimate or the longest so far) and the
+        reserve still end before the deadline."""
+        needed = max(self.epoch_s, longest_epoch_s) + self.reserve_s
         return self.clock() + needed <= self.deadline
+
+
+def session(minutes: float | None, started: float, clock) -> Budget | None:
+    """A session limit: epochs are timed as they run (the first includes compiling), and a
+    margin of 30 s and 1% of the session is kept for the last checkpoint."""
+    if not minutes:
+        return None
+    return Budget(started + 60.0 * minutes, 0.0, 30.0 + 0.6 * minutes, clock)
 
 
 class Timing(NamedTuple):
@@ -46,8 +55,9 @@ def plan_epochs(remaining_s: float, epoch_s: float, reserve_s: float, done: int,
 
 def tuning_reserve(timing: Timing, n_val: int) -> float:
     """Seconds kept for tuning: two predictors compiled and run over the validation images
-    (with and without flip TTA) and the threshold/post-processing search."""
-    return 10.0 + 2.0 * timing.compile_s + 3.0 * timing.val_s + 0.05 * n_val
+    (with and without flip TTA), the threshold/post-processing search, and the tuned setting
+    scored once more at the images' original size."""
+    return 10.0 + 2.0 * timing.compile_s + 5.0 * timing.val_s + 0.15 * n_val
 
 
 def plan(setup: Setup, state, done: int, minutes: float | None, started: float, clock):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ from segjax.config import Config, RunOptions
 from segjax.data import sampling
 from segjax.train import budget as planner
 from segjax.train import checkpoint, metrics_log, optim, run_folder, validate
+from segjax.train.console import describe, report
 from segjax.train.progress import Progress
 from segjax.train.start import Setup, start
 
@@ -41,20 +43,32 @@ def fit(
     and randomness is a function of (seed, step) and the batch order of (seed, epoch).
     """
     started = clock() if options.started is None else options.started
-    begun = start(config, Path(run_dir), resume=options.resume, overwrite=options.overwrite)
-    setup, state = begun.setup, begun.state
+    run_dir = Path(run_dir)
+    new_folder, begun = not run_dir.exists(), None
     try:
+        begun = start(config, run_dir, resume=options.resume, overwrite=options.overwrite)
         setup, budget = planner.plan(
-            setup, state, begun.progress.epoch, options.time_budget, started, clock
+            begun.setup, begun.state, begun.progress.epoch, options.time_budget, started, clock
         )
+    except BaseException:
+        if begun is not None:
+            begun.setup.manager.close()
+        if new_folder and jax.process_index() == 0:  # nothing half-made is left behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    state = begun.state
+    try:
         steps = jax.device_put(
             np.int32(setup.epochs * setup.steps_per_epoch), state.schedule_steps.sharding
         )
         state = state.replace(schedule_steps=steps)  # placed as the state: no retrace
         if setup.lead:
             run_folder.write_run(setup.run_dir, setup.config, setup.facts)
+        if setup.lead:
+            describe(setup, state, begun.progress, options)
+        limit = planner.session(options.session_limit, started, clock)
         with stop_on_signals() as stop:
-            loop = Loop(setup, stop, budget, options.progress and setup.lead)
+            loop = Loop(setup, stop, budget, limit, options.progress and setup.lead, clock)
             return loop.run(state, begun.progress, begun.rows, options.stop_at_epoch)
     finally:
         checkpoint.seal(setup.manager)
@@ -91,19 +105,23 @@ class Loop(NamedTuple):
 
     setup: Setup
     stop: threading.Event  # set by a signal: finish the step, save, return
-    budget: planner.Budget | None
+    budget: planner.Budget | None  # --time-budget: the epochs were planned to fit it
+    session: planner.Budget | None  # --session-limit: pause when the next epoch would not fit
     show: bool  # progress bars
+    clock: Any = time.time  # the budget's and the session's clock
 
     def run(self, state, progress: Progress, rows: tuple, stop_at_epoch: int | None) -> dict:
-        """Epochs from `progress` on; returns the last metrics row, with "stopped" or "budget"
-        when a signal or the time budget ended them early."""
+        """Epochs from `progress` on; returns the last metrics row, with "stopped", "budget"
+        or "session" when a signal, the time budget or the session limit ended them early."""
         tc, epochs = self.setup.config.train, self.setup.epochs
         rng = jax.random.fold_in(jax.random.key(tc.seed), 1)
         replace_step = progress.epoch + 1 if progress.batch else None  # a mid-epoch checkpoint
+        longest = 0.0  # the longest epoch of this process, planning and checkpoint included
         for epoch in range(progress.epoch, min(epochs, stop_at_epoch or epochs)):
             if (tc.early_stop and progress.bad_epochs >= tc.early_stop) or self.stop.is_set():
                 break  # between epochs: the last checkpoint already holds this position
-            tic = self.budget.clock() if self.budget else 0.0
+            timed = self.budget is not None or self.session is not None
+            tic = self.clock() if timed else 0.0
             done = train_epoch(self.setup, state, progress, rng, self.show, self.stop)
             state = done.state
             losses = np.concatenate([np.asarray(progress.partial_losses, np.float32), done.losses])
@@ -119,20 +137,36 @@ class Loop(NamedTuple):
             if self.setup.lead:
                 log_timing(self.setup.run_dir, rows[-1]["epoch"], done.seconds, images)
                 report(rows[-1], progress, done.seconds)
-            if self.budget and epoch + 1 < epochs:
-                spent = self.budget.clock() - tic
-                if not self.budget.allows_another(spent):
-                    print(
-                        f"time budget: stopping after epoch {epoch + 1} of {epochs}, the next "
-                        "would not end in time",
-                        flush=True,
-                    )
-                    return {**rows[-1], "budget": True}
+            if timed and epoch + 1 < epochs:
+                longest = max(longest, self.clock() - tic)
+                cut = self.out_of_time(epoch + 1, longest)
+                if cut:
+                    return {**rows[-1], cut: True}
         last = rows[-1] if rows else {}
         if self.stop.is_set():
             print(f"stopped; continue with: {resume_command(self.setup.run_dir)}", flush=True)
             return {**last, "stopped": [progress.epoch, progress.batch]}
         return last
+
+    def out_of_time(self, done: int, longest: float) -> str | None:
+        """ "budget" or "session" when the next epoch would end too late (and says so)."""
+        epochs = self.setup.epochs
+        if self.budget and not self.budget.allows_another(longest):
+            print(
+                f"time budget: stopping after epoch {done} of {epochs}, the next would not "
+                "end in time",
+                flush=True,
+            )
+            return "budget"
+        if self.session and not self.session.allows_another(longest):
+            print(
+                f"session limit: paused after epoch {done} of {epochs} (the next would not end "
+                f"in time); the checkpoint is saved. Next session: "
+                f"{resume_command(self.setup.run_dir)}",
+                flush=True,
+            )
+            return "session"
+        return None
 
     def close_epoch(self, state, progress: Progress, rows: tuple, train_loss: float, replace_step):
         """Validate, checkpoint, draw and log a finished epoch; the new state, progress, rows."""
@@ -240,13 +274,3 @@ def log_timing(run_dir: Path, epoch: int, seconds: float, images: int) -> None:
     rate = images / max(seconds, 1e-9)
     timing = {"epoch": epoch, "train_seconds": seconds, "train_img_per_s": rate}
     metrics_log.append_metrics(run_dir / "timing.jsonl", timing)
-
-
-def report(row: dict, progress: Progress, seconds: float) -> None:
-    best = " (best)" if progress.best_epoch == row["epoch"] else ""
-    print(
-        f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-        f"val mean Dice {row['val_mean_dice']:.4f}{best}  mean IoU {row['val_mean_iou']:.4f}  "
-        f"lr {row['lr']:.2e}  {seconds:.1f}s",
-        flush=True,
-    )

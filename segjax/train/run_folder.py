@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from segjax.config import Config, RunFacts, load_config, save_config, show
+from segjax.config import Config, RunFacts, check, load_config, save_config, show
 from segjax.errors import UserError
 from segjax.files import write_text
 
@@ -31,6 +31,8 @@ RUN_FILES = (
     "submission.csv",
     "evaluation_val.json",
     "evaluation_test.json",
+    "evaluation_val.csv",
+    "evaluation_test.csv",
     "worst_val.png",
     "worst_test.png",
     FOLDS_FILE,
@@ -56,16 +58,25 @@ def new_run_dir(root: str | os.PathLike, name: str | None, arch: str) -> Path:
 
 
 def newest_run(root: str | os.PathLike = RUNS_ROOT, folds: bool = False) -> Path:
-    """The most recently modified run folder (one holding config.json) under root; with
-    `folds`, k-fold folders (holding folds.json) count too."""
+    """The most recently modified run folder under root that holds a checkpoint; with `folds`,
+    k-fold folders (folds.json) with a trained fold count too."""
     root = Path(root)
-    marks = ("config.json", FOLDS_FILE) if folds else ("config.json",)
+    marks = (CONFIG_FILE, FOLDS_FILE) if folds else (CONFIG_FILE,)
     found = [p for mark in marks for p in root.glob(f"*/{mark}")] if root.is_dir() else []
-    if not found:
+    trained = [
+        p
+        for p in found
+        if has_checkpoints(p.parent)
+        or (p.name == FOLDS_FILE and any(has_checkpoints(f) for f in p.parent.glob("fold-*")))
+    ]
+    if not trained:
+        names = sorted(p.parent.name for p in found)
+        untrained = f" ({', '.join(names)} {'holds' if len(names) == 1 else 'hold'} no checkpoint)"
         raise UserError(
-            f"no runs under {root.absolute()}: train one first (segjax train), or pass --run-dir"
+            f"no trained runs under {root.absolute()}{untrained if found else ''}: train one "
+            "first (segjax train), or pass --run-dir"
         )
-    return max(found, key=lambda p: p.stat().st_mtime).parent
+    return max(trained, key=lambda p: p.stat().st_mtime).parent
 
 
 def is_folds(folder: Path) -> bool:
@@ -240,4 +251,6 @@ def resume_config(run_dir: Path, given: dict[tuple[str, str], tuple[str, Any]]) 
             f"them: {'; '.join(refused)}. Drop them, or start a new run with another --name"
         )
     sections = {k: dataclasses.replace(getattr(config, k), **v) for k, v in changes.items()}
-    return dataclasses.replace(config, **sections)
+    config = dataclasses.replace(config, **sections)
+    check(config)
+    return config

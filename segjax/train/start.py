@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import jax
 
 from segjax import parallel
-from segjax.config import Config, RunFacts
+from segjax.config import Config, RunFacts, check
 from segjax.data import sampling, sources
 from segjax.errors import DataError, UserError
 from segjax.models import pretrained
@@ -78,7 +78,9 @@ def initial_facts(config: Config, splits: sources.Splits) -> RunFacts:
 
 def start(config: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> Start:
     """Check, claim the folder, decode and split the data, jit the steps, then start fresh or
-    from the newest readable checkpoint (`resume`)."""
+    from the newest readable checkpoint (`resume`). A new run's folder is created last, once
+    everything it needs has been read."""
+    check(config)
     tc = config.train
     parallel.check_batch_size(tc.batch_size)
     parallel.check_batch_size(tc.eval_batch_size, "--eval-batch-size")
@@ -93,18 +95,22 @@ def start(config: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> St
     if not len(splits.val):
         raise DataError("the validation split is empty: raise --val-fraction")
     spe = sampling.steps_per_epoch(len(splits.train), tc.batch_size)
-    if resume and run_folder.has_facts(run_dir):
-        facts = run_folder.read_facts(run_dir)
-    else:
-        facts = initial_facts(config, splits)
+    resuming = resume and run_folder.has_checkpoints(run_dir)
+    facts = run_folder.read_facts(run_dir) if resuming else initial_facts(config, splits)
     key = jax.random.fold_in(jax.random.key(tc.seed), 0)
     state = jax.device_put(create_train_state(config, key, spe, facts), parallel.replicated(mesh))
-    manager = checkpoint.create_manager(run_folder.writable(run_dir) / "checkpoints")
-    setup = Setup(config, facts, run_dir, splits, spe, create_steps(config, facts, mesh, spe), mesh,
-                  manager, lead)  # fmt: skip
-    if resume and manager.latest_step() is not None:
-        return _resume(setup, state)
-    return _fresh(setup, state)
+    steps = create_steps(config, facts, mesh, spe)
+    setup = Setup(config, facts, run_dir, splits, spe, steps, mesh, None, lead)
+    if resuming:
+        return _resume(_with_manager(setup), state)
+    begun = _fresh(setup, state)
+    return begun._replace(setup=_with_manager(begun.setup))
+
+
+def _with_manager(setup: Setup) -> Setup:
+    """The run's checkpoint manager (creating the run folder)."""
+    folder = run_folder.writable(setup.run_dir) / "checkpoints"
+    return setup._replace(manager=checkpoint.create_manager(folder))
 
 
 def _resume(setup: Setup, state: TrainState) -> Start:
