@@ -13,6 +13,7 @@ loop's efficiency (loop steps/s over the bare step's) on a tiny model, where hos
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import subprocess
@@ -24,26 +25,35 @@ ROOT = Path(__file__).resolve().parents[1]
 # Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s).
 SPEC_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
 
-# (kind, arch, size, precision, batch, extra): segjax rows and their PyTorch peers.
+# (kind, arch, size, precision, batch, extra): segjax rows and their PyTorch peers, in priority
+# order (a short GPU session measures the first ones). LITE0 is the default model: the
+# EfficientNet-Lite0 UNet (segjax --encoder efficientnet-lite0 --features 16 --upsample
+# nearest; PyTorch's `--model lite0`, the same network on the same package's definition).
+LITE0 = {"encoder": "efficientnet-lite0", "features": 16}
+LITE2 = {"encoder": "efficientnet-lite2", "features": 16}
 ROWS = [
-    ("segjax", "unet", 512, "bf16", 32, {}),
-    ("torch", "unet", 512, "bf16", 32, {"compile": False}),
-    ("torch", "unet", 512, "bf16", 32, {"compile": True}),
-    ("loop", "unet", 64, "fp32", 8, {"features": 8}),
-    ("segjax", "unet", 512, "fp32", 32, {}),
-    ("torch", "unet", 512, "fp32", 32, {"compile": False}),
-    ("segjax", "attn", 512, "bf16", 32, {}),
-    ("segjax", "unet", 256, "bf16", 32, {}),
-    ("torch", "unet", 256, "bf16", 32, {"compile": False}),
-    ("segjax", "unet", 256, "fp32", 32, {}),
-    ("segjax", "attn", 256, "bf16", 32, {}),
-    ("segjax", "attn", 256, "fp32", 32, {}),
-    ("segjax", "attn", 512, "fp32", 32, {}),
-    ("segjax", "unet", 256, "bf16", 32, {"encoder": "efficientnet-lite0", "features": 16}),
-    ("torch", "lite0", 256, "bf16", 32, {"compile": False}),
+    ("segjax", "unet", 384, "bf16", 32, LITE0),
+    ("torch", "lite0", 384, "bf16", 32, {"compile": True}),
+    ("torch", "lite0", 384, "bf16", 32, {"compile": False}),
+    ("depthwise", "lite0", 384, "bf16", 32, {}),
+    ("segjax", "unet", 384, "fp16", 32, LITE0),
+    ("torch", "lite0", 384, "fp16", 32, {"compile": True}),
+    ("segjax", "unet", 384, "fp32", 32, LITE0),
+    ("torch", "lite0", 384, "fp32", 32, {"compile": True}),
+    ("segjax", "unet", 256, "bf16", 32, LITE0),
+    ("torch", "lite0", 256, "bf16", 32, {"compile": True}),
+    ("segjax", "unet", 256, "fp16", 32, LITE0),
+    ("segjax", "unet", 256, "fp32", 32, LITE0),
+    ("depthwise", "lite0", 384, "fp32", 32, {}),
     ("loop", "unet", 64, "fp32", 8, {"features": 8, "encoder": "efficientnet-lite0"}),
-    ("deterministic", "unet", 256, "bf16", 32, {}),
+    ("segjax", "unet", 384, "bf16", 32, LITE2),
+    ("segjax", "unet", 256, "bf16", 32, LITE2),
+    ("segjax", "unet", 512, "bf16", 32, {}),
+    ("torch", "unet", 512, "bf16", 32, {"compile": True}),
 ]
+# The depthwise convolutions of EfficientNet-Lite0 at a 384x384 input: [stride-1 spatial size,
+# channels, kernel, stride] of representative blocks.
+DEPTHWISE = [(192, 96, 3, 2), (96, 144, 5, 2), (48, 240, 3, 2), (24, 480, 5, 1), (12, 1152, 3, 1)]
 
 DETERMINISM = """
 import sys, time; sys.path.insert(0, sys.argv[1])
@@ -162,11 +172,47 @@ def torch_row(arch, size, precision, batch, extra, steps, device) -> dict:
         "--device",
         device,
     ]
-    cmd += ["--bf16"] * (precision == "bf16") + ["--compile"] * bool(extra.get("compile"))
+    cmd += ["--bf16"] * (precision == "bf16") + ["--fp16"] * (precision == "fp16")
+    cmd += ["--compile"] * bool(extra.get("compile"))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def depthwise_row(size, precision, batch, steps, smoke: bool) -> dict:
+    """Each depthwise layer alone, forward and both gradients, in XLA's native grouped form and
+    in segjax's shifted form (what the CPU runs): milliseconds per call, medians."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from segjax.models.layers import depthwise_native, depthwise_shifted
+
+    dtype = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}[precision]
+    row = {}
+    for spatial, channels, k, stride in DEPTHWISE[:2] if smoke else DEPTHWISE:
+        hw = spatial * size // 384
+        x = jax.random.normal(jax.random.key(0), (batch, hw, hw, channels), dtype)
+        w = jax.random.normal(jax.random.key(1), (k, k, 1, channels), dtype)
+        for name, form in (("native", depthwise_native), ("shifted", depthwise_shifted)):
+            fn = functools.partial(form, stride=stride)
+            f = lambda x, w, fn=fn: jnp.sum(fn(x, w).astype(jnp.float32))
+            calls = {
+                "fwd": jax.jit(fn),
+                "dx": jax.jit(jax.grad(f, argnums=0)),
+                "dw": jax.jit(jax.grad(f, argnums=1)),
+            }
+            for part, call in calls.items():
+                call(x, w).block_until_ready()
+                times = []
+                for _ in range(steps):
+                    t = time.perf_counter()
+                    call(x, w).block_until_ready()
+                    times.append(time.perf_counter() - t)
+                key = f"{hw}x{hw}x{channels}_k{k}s{stride}_{name}_{part}_ms"
+                row[key] = float(np.median(times)) * 1e3
+    return row
 
 
 def determinism_row(size, batch) -> dict:
@@ -222,7 +268,7 @@ def main() -> None:
             continue
         if args.smoke:
             size, batch = min(size, 64), min(batch, 2)
-            extra = {**extra, "features": 4}
+            extra = {**extra, "features": 4} if kind_ != "torch" else extra
         steps = 3 if args.smoke else args.steps
         row = {"row": kind_, "arch": arch, "size": size, "precision": precision, "batch": batch}
         row.update({k: v for k, v in extra.items()})
@@ -232,6 +278,8 @@ def main() -> None:
                 row.update(segjax_row(arch, size, precision, batch, extra, steps, peaks))
             elif kind_ == "loop":
                 row.update(loop_row(arch, size, precision, batch, extra, steps))
+            elif kind_ == "depthwise":
+                row.update(depthwise_row(size, precision, batch, steps, args.smoke))
             elif kind_ == "deterministic":
                 row.update(determinism_row(size, batch))
             else:

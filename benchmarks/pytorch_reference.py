@@ -114,6 +114,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the step")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    parser.add_argument(
+        "--fp16", action="store_true", help="float16 autocast with a GradScaler (GPU)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     model = UNet(args.features) if args.model == "unet" else Lite0UNet()
@@ -126,13 +129,17 @@ def main() -> None:
     y = (torch.rand(b, 1, h, w, device=device) > 0.5).float()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    low = torch.float16 if args.fp16 else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=args.fp16)
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(device.type, dtype=low, enabled=args.bf16 or args.fp16):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         return loss
 
     run = torch.compile(step) if args.compile else step
@@ -153,6 +160,7 @@ def main() -> None:
                 "model": args.model,
                 "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                 "bf16": args.bf16,
+                "fp16": args.fp16,
                 "compile": args.compile,
                 "threads": torch.get_num_threads(),
                 "step_ms": median * 1e3,

@@ -214,7 +214,11 @@ class TrainConfig:
         0, "stop after N epochs without a better val Dice (0 = off)", valid=NON_NEGATIVE
     )
     precision: str = option(
-        "fp32", "compute precision (bf16: bfloat16 compute, float32 parameters)", ("fp32", "bf16")
+        "auto",
+        "compute precision, parameters float32: auto (fp32 on a CPU, bf16 on a TPU and on "
+        "NVIDIA GPUs of compute capability 8.0 or newer, fp16 on older ones such as the T4 and "
+        "P100), fp32, bf16 (bfloat16), fp16 (float16 with dynamic loss scaling)",
+        ("auto", "fp32", "bf16", "fp16"),
     )
     preview_count: int = option(
         8, "validation images drawn in previews/epoch_NNN.png", valid=NON_NEGATIVE

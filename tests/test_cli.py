@@ -83,7 +83,7 @@ def test_flags_map_onto_the_config():
         True,
         False,
     )
-    from segjax.train.start import COMPUTE_DTYPES  # the library applies --precision, not the CLI
+    from segjax.train.precision import COMPUTE_DTYPES  # the library applies it, not the CLI
 
     assert config.train.precision == "bf16" and COMPUTE_DTYPES["bf16"] == "bfloat16"
     t = config.train

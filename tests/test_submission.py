@@ -119,10 +119,10 @@ def test_validation_catches_count_unknown_id_and_runs_past_the_end(tmp_path):
 def test_threshold_and_no_postprocess_overrides(trained_run, tmp_path):
     none = submission.make_submission(
         trained_run,
-        InferenceOptions(threshold=1.01, postprocess=False, progress=False),
+        InferenceOptions(threshold=1.0, postprocess=False, progress=False),
         out=tmp_path / "n.csv",
     )
-    assert none.empty_fraction == 1.0 and none.postprocess == PostProcess(1.01)
+    assert none.empty_fraction == 1.0 and none.postprocess == PostProcess(1.0)
     every = submission.make_submission(
         trained_run,
         InferenceOptions(threshold=0.0, postprocess=False, progress=False),

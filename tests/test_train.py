@@ -204,7 +204,8 @@ def subprocess_fit(config, run_dir, resume=False, stop_at=0, wait=True):
 
 def final_state(config, run_dir):
     manager = checkpoint.create_manager(Path(run_dir) / "checkpoints", read_only=True)
-    template = create_train_state(config, jax.random.key(0), 1)
+    facts = run_folder.read_facts(run_dir)  # the compute dtype: float16 keeps a loss scale
+    template = create_train_state(config, jax.random.key(0), 1, facts)
     state, meta = checkpoint.restore(manager, manager.latest_step(), template)
     manager.close()
     return state, meta
@@ -286,10 +287,11 @@ def test_training_into_a_used_folder_without_resume_stops_before_any_work(straig
 
 @pytest.mark.slow
 def test_early_stopping_fires(tmp_path, tiny_config):
-    # No learning and no BatchNorm statistics to move: every epoch scores the same, so the
+    # No learning (a 1e-30 rate moves no weight) and no BatchNorm statistics: every epoch
+    # scores the same, so the
     # first is the best and the run stops after `early_stop` more, whatever the machine.
     config = replace(
-        tiny_config, model={"batch_norm": False}, train={"epochs": 6, "lr": 0.0, "early_stop": 2}
+        tiny_config, model={"batch_norm": False}, train={"epochs": 6, "lr": 1e-30, "early_stop": 2}
     )
     last = loop.fit(config, tmp_path / "run", RunOptions(progress=False))
     rows = metrics_log.read_metrics(tmp_path / "run/metrics.jsonl")
@@ -322,7 +324,8 @@ def test_too_few_images_for_a_batch(tiny_config):
 def test_init_from_starts_from_another_runs_best_weights(tmp_path, tiny_config):
     first = tmp_path / "first"
     loop.fit(replace(tiny_config, train={"epochs": 1}), first, RunOptions(progress=False))
-    tuned = replace(tiny_config, train={"epochs": 1, "lr": 0.0, "init_from": str(first)})
+    # --lr must be positive: 1e-30 moves no float32 weight of this size by a single ulp.
+    tuned = replace(tiny_config, train={"epochs": 1, "lr": 1e-30, "init_from": str(first)})
     loop.fit(tuned, tmp_path / "second", RunOptions(progress=False))
     a, _ = final_state(tiny_config, first)
     b, _ = final_state(tiny_config, tmp_path / "second")

@@ -13,11 +13,17 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "leaky_relu": functools.partial(nn.leaky_relu, negative_slope=0.01),
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+DTYPES = {
+    "float32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "float16": jnp.float16,
+    "float64": jnp.float64,
+}
 
 
 def param_dtype(dtype: jnp.dtype) -> jnp.dtype:
-    """Parameters stay float32 under bfloat16 compute (float64 only for gradient checks)."""
+    """Parameters stay float32 under bfloat16 or float16 compute (float64 only for gradient
+    checks)."""
     return jnp.float64 if dtype == jnp.float64 else jnp.float32
 
 

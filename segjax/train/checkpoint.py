@@ -54,6 +54,12 @@ def create_manager(directory: str | os.PathLike, read_only: bool = False) -> ocp
         absl.setLevel(level)
 
 
+def _arrays_of(state: Any) -> dict:
+    """The state as a dict of what it holds: an empty part (the loss scale of a precision that
+    has none) is left out, so such checkpoints have one layout whatever segjax wrote them."""
+    return {k: v for k, v in serialization.to_state_dict(state).items() if v is not None}
+
+
 def save(
     manager: ocp.CheckpointManager,
     epoch: int,
@@ -72,7 +78,7 @@ def save(
         manager.delete(epoch)
     metrics = {BEST_METRIC: float(meta["metrics"][BEST_METRIC])}
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+        state=ocp.args.StandardSave(_arrays_of(state)),
         meta=ocp.args.JsonSave(meta),
     )
     if not manager.save(epoch, args=args, metrics=metrics):
@@ -118,7 +124,7 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[A
 
     A step that cannot be read raises CheckpointError naming the step and the damaged file.
     """
-    target = serialization.to_state_dict(template)
+    target = _arrays_of(template)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     folder = Path(manager.directory) / str(step)
     broken = damage(folder)
@@ -131,7 +137,8 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[A
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
             ),
         )
-        state = serialization.from_state_dict(template, restored["state"])
+        empty = {k: None for k, v in serialization.to_state_dict(template).items() if v is None}
+        state = serialization.from_state_dict(template, {**restored["state"], **empty})
     except Exception as err:  # Orbax and TensorStore raise many kinds for damaged files
         reason = broken or (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise CheckpointError(

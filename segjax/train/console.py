@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from segjax.config import RunOptions
+from segjax.train.precision import COMPUTE_DTYPES
 from segjax.train.progress import Progress
 from segjax.train.start import Setup
 
@@ -32,6 +33,8 @@ def describe(setup: Setup, state, progress: Progress, options: RunOptions) -> No
         weights = facts.encoder_source or f"--encoder-weights {m.encoder_weights}"
     if tc.init_from and not (progress.epoch or progress.batch):
         weights = f"{weights}; all weights from --init-from {tc.init_from}"
+    chosen = {dtype: name for name, dtype in COMPUTE_DTYPES.items()}[facts.dtype]
+    scaling = ", dynamic loss scale" if state.dynamic_scale is not None else ""
     plan = f"{setup.epochs} epochs, {tc.schedule} schedule"
     if progress.epoch or progress.batch:
         plan += f", resuming at epoch {progress.epoch + 1} batch {progress.batch}"
@@ -43,7 +46,8 @@ def describe(setup: Setup, state, progress: Progress, options: RunOptions) -> No
         plan += f", stopping after epoch {options.stop_at_epoch}"
     lines = [
         f"devices:   {devices()}",
-        f"precision: {tc.precision} (compute {facts.dtype}, parameters float32)",
+        f"precision: {chosen}{' (auto)' if tc.precision == 'auto' else ''}: compute "
+        f"{facts.dtype}, parameters float32{scaling}",
         f"images:    {len(splits.train)} train, {len(splits.val)} validation, "
         f"{len(splits.test)} held-out test, at {h}x{w}; batch {tc.batch_size}, "
         f"{setup.steps_per_epoch} steps an epoch",

@@ -98,6 +98,7 @@ class EpochRun(NamedTuple):
     losses: np.ndarray  # each step's loss
     seconds: float
     batch: int  # the batches of the epoch done: all of them unless a stop came first
+    skipped: int = 0  # float16: updates skipped for a non-finite gradient
 
 
 class Loop(NamedTuple):
@@ -131,8 +132,11 @@ class Loop(NamedTuple):
                 )
                 return self.save_stop(state, progress, rows, replace_step)
             images = (self.setup.steps_per_epoch - progress.batch) * tc.batch_size
-            state, progress, rows = self.close_epoch(state, progress, rows, float(np.mean(losses)),
-                                                     replace_step)  # fmt: skip
+            train = {"train_loss": float(np.mean(losses))}
+            if state.dynamic_scale is not None:  # float16's loss scaling at work
+                scale = float(state.dynamic_scale.scale)
+                train.update(skipped_steps=done.skipped, loss_scale=scale)
+            state, progress, rows = self.close_epoch(state, progress, rows, train, replace_step)
             replace_step = None
             if self.setup.lead:
                 log_timing(self.setup.run_dir, rows[-1]["epoch"], done.seconds, images)
@@ -168,7 +172,7 @@ class Loop(NamedTuple):
             return "session"
         return None
 
-    def close_epoch(self, state, progress: Progress, rows: tuple, train_loss: float, replace_step):
+    def close_epoch(self, state, progress: Progress, rows: tuple, train: dict, replace_step):
         """Validate, checkpoint, draw and log a finished epoch; the new state, progress, rows."""
         setup, tc = self.setup, self.setup.config.train
         epoch = progress.epoch + 1
@@ -181,7 +185,7 @@ class Loop(NamedTuple):
             "epoch": epoch,
             "step": int(state.step),
             "lr": optim.learning_rate(state),
-            "train_loss": train_loss,
+            **train,
             **{f"val_{k}": v for k, v in val.summary.items()},
         }
         state = optim.step_plateau(state, tc, val.summary["loss"])
@@ -236,11 +240,12 @@ def train_epoch(setup: Setup, state, progress: Progress, rng, show: bool, stop=N
     batches = sampling.train_batches(n, tc.batch_size, tc.seed, epoch, progress.batch)
     arrays = validate.labelled(setup.splits.arrays)
     make = lambda b: (b[0], parallel.gather_batch(arrays, setup.splits.train[b[1]], setup.mesh))
-    step_losses, position, tic = [], spe, time.perf_counter()
+    step_losses, skipped, position, tic = [], [], spe, time.perf_counter()
     with parallel.Prefetcher(batches, make) as feed:
         for index, batch in feed:
             state, out = setup.steps.train(state, batch, rng)
             step_losses.append(out["loss"])
+            skipped += [out["skipped"]] if "skipped" in out else []
             if index % 10 == 0 and len(step_losses) > 1:  # one step late: already computed
                 check_finite(float(step_losses[-2]), epoch, index, setup.manager)
                 bar.set_postfix(loss=f"{float(step_losses[-2]):.4f}")
@@ -251,7 +256,8 @@ def train_epoch(setup: Setup, state, progress: Progress, rng, show: bool, stop=N
     bar.close()
     losses = np.asarray(jax.device_get(step_losses), np.float32).reshape(-1)
     check_finite(float(np.mean(losses)) if len(losses) else 0.0, epoch, spe, setup.manager)
-    return EpochRun(state, losses, time.perf_counter() - tic, position)
+    skips = int(np.sum(jax.device_get(skipped))) if skipped else 0
+    return EpochRun(state, losses, time.perf_counter() - tic, position, skips)
 
 
 def check_finite(loss: float, epoch: int, index: int, manager) -> None:

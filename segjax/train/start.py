@@ -15,7 +15,7 @@ from segjax.data import sampling, sources
 from segjax.errors import DataError, UserError
 from segjax.models import pretrained
 from segjax.models.builder import total_stride
-from segjax.train import checkpoint, metrics_log, optim, run_folder
+from segjax.train import checkpoint, metrics_log, optim, precision, run_folder
 from segjax.train.progress import Progress
 from segjax.train.step import (
     Steps,
@@ -24,9 +24,6 @@ from segjax.train.step import (
     create_train_state,
     init_variables,
 )
-
-# --precision -> the model's compute dtype (parameters, optimizer state and losses stay float32)
-COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 class Setup(NamedTuple):
@@ -73,7 +70,9 @@ def initial_facts(config: Config, splits: sources.Splits) -> RunFacts:
     training images, its compute dtype, its schedule's length."""
     mean, std = sources.normalization(config, splits.arrays.images[splits.train])
     tc = config.train
-    return RunFacts(mean=mean, std=std, dtype=COMPUTE_DTYPES[tc.precision], epochs=tc.epochs)
+    chosen = precision.choose(tc.precision, precision.this_device())
+    dtype = precision.COMPUTE_DTYPES[chosen]
+    return RunFacts(mean=mean, std=std, dtype=dtype, epochs=tc.epochs)
 
 
 def start(config: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> Start:

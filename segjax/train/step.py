@@ -14,7 +14,7 @@ from segjax.config import Config, RunFacts
 from segjax.data import augment
 from segjax.models import apply
 from segjax.models.builder import create_model
-from segjax.train import optim
+from segjax.train import optim, precision
 
 
 class TrainState(train_state.TrainState):
@@ -23,6 +23,9 @@ class TrainState(train_state.TrainState):
     # The schedule's length in steps, a value rather than a constant of the compiled step: a
     # time-budget plan or a resume with other --epochs changes it without a recompile.
     schedule_steps: jax.Array
+    # float16's dynamic loss scale (precision.loss_scale), checkpointed with the rest; None in
+    # the other precisions.
+    dynamic_scale: Any = None
 
 
 def init_variables(config: Config, rng: jax.Array, dtype: str = "float32") -> dict:
@@ -47,6 +50,7 @@ def create_train_state(
         tx=optim.create_optimizer(config.train, steps_per_epoch),
         plateau=optim.create_plateau(config.train).init(variables["params"]),
         schedule_steps=jnp.asarray(epochs * steps_per_epoch, jnp.int32),
+        dynamic_scale=precision.loss_scale(facts.dtype),
     )
 
 
@@ -66,9 +70,29 @@ def train_step(
         )
         return loss_fn(logits, masks), updates
 
-    (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
-    return state, {"loss": loss}
+    if state.dynamic_scale is None:
+        (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+        return state, {"loss": loss}
+    scaled = state.dynamic_scale.value_and_grad(compute_loss, has_aux=True)
+    dynamic_scale, finite, (loss, updates), grads = scaled(state.params)
+    return _apply_if_finite(state, grads, updates, finite, dynamic_scale), {
+        "loss": loss,
+        "skipped": jnp.logical_not(finite).astype(jnp.int32),
+    }
+
+
+def _apply_if_finite(state: TrainState, grads, updates, finite, dynamic_scale) -> TrainState:
+    """float16: the update where the gradient is finite; elsewhere the state stays as it was
+    (the step still counts: its batch was used), and the scale has backed off."""
+    stepped = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    return stepped.replace(
+        params=keep(stepped.params, state.params),
+        opt_state=keep(stepped.opt_state, state.opt_state),
+        batch_stats=keep(stepped.batch_stats, state.batch_stats),
+        dynamic_scale=dynamic_scale,
+    )
 
 
 def eval_step(state: TrainState, batch: dict, *, loss_fn, mean, std) -> dict[str, jax.Array]:

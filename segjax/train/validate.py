@@ -56,10 +56,9 @@ def validate_split(steps: Steps, state, splits: Splits, batch_size: int, mesh, k
     return validate(steps, state, splits.arrays, splits.val, batch_size, mesh, keep)
 
 
-def draw(splits: Splits, probs: np.ndarray, rows: list[dict] | tuple[dict, ...], folder: Path,
-         epoch: int) -> None:  # fmt: skip
+def draw(splits: Splits, probs: np.ndarray, rows, folder: Path, epoch: int) -> None:
     """previews/epoch_NNN.png (image, truth, prediction of the first validation images) and
-    curves.png: process 0 only."""
+    curves.png from the metrics `rows`: process 0 only."""
     if jax.process_index() != 0:
         return
     idx = splits.val[: len(probs)]
