@@ -72,6 +72,27 @@ def edge_bce_dice(logits, masks, pos_weight=1.0, edge_weight=4.0) -> jax.Array:
     return bce(logits, masks, pos_weight, weights) + dice(logits, masks)
 
 
+def _lovasz_hinge_one(logits_N: jax.Array, labels_N: jax.Array) -> jax.Array:
+    """The Lovasz hinge of one image's flattened logits and {0, 1} labels (Berman et al. 2018):
+    the Lovasz extension of the Jaccard loss applied to the hinge errors 1 - logit * sign."""
+    errors = 1.0 - logits_N * (2.0 * labels_N - 1.0)
+    order = jnp.argsort(-errors)  # the largest error first
+    errors, labels = errors[order], labels_N[order]
+    total = jnp.sum(labels)
+    intersection = total - jnp.cumsum(labels)
+    union = total + jnp.cumsum(1.0 - labels)
+    jaccard = 1.0 - intersection / union
+    grad = jnp.concatenate([jaccard[:1], jaccard[1:] - jaccard[:-1]])  # the extension's weights
+    return jnp.dot(jax.nn.relu(errors), jax.lax.stop_gradient(grad))
+
+
+def lovasz_hinge(logits, masks) -> jax.Array:
+    """Lovasz hinge loss per image, averaged over the batch: a convex surrogate of 1 - IoU
+    that weighs each pixel's error by what it costs the image's IoU."""
+    x, y = _flat(logits, masks)
+    return jnp.mean(jax.vmap(_lovasz_hinge_one)(x, y))
+
+
 # --loss: each name builds its (logits, masks) -> scalar function from the train settings.
 LOSSES: dict[str, Callable[[TrainConfig], Callable]] = {
     "bce": lambda c: functools.partial(bce, pos_weight=c.pos_weight),
@@ -87,6 +108,8 @@ LOSSES: dict[str, Callable[[TrainConfig], Callable]] = {
     "edge_bce_dice": lambda c: functools.partial(
         edge_bce_dice, pos_weight=c.pos_weight, edge_weight=c.edge_weight
     ),
+    "lovasz": lambda c: lovasz_hinge,
+    "bce_lovasz": lambda c: lambda x, y: bce(x, y, c.pos_weight) + lovasz_hinge(x, y),
 }
 
 

@@ -32,3 +32,31 @@ def test_bench_train_and_the_loop_run_on_a_tiny_model():
     assert np.isfinite(result.img_per_s) and 0 <= result.data_wait < 1
     loop = benchmark.bench_loop(config, steps=4)
     assert loop["efficiency"] > 0 and "unet" in benchmark.format_results([result], peak=100.0)
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_in_smoke_mode_and_writes_rows_as_they_finish(tmp_path):
+    """benchmarks/gpu_bench.py, prepared for a lent GPU: its smoke mode on this CPU, with a
+    budget that lets the first depthwise row run and skips the rest."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_bench.py", "--smoke", "--only", "depthwise"]
+        + ["--budget", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert rows[0]["row"] == "environment" and rows[1]["row"] == "depthwise"
+    forms = {key.split("_")[2] for key in rows[1] if key.endswith("_ms")}
+    assert forms == {"native", "shifted"}
+    assert "budget spent: skipped depthwise" in done.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -79,3 +80,36 @@ def test_every_configured_loss_is_finite_and_small_for_a_perfect_prediction(name
 def test_unknown_loss():
     with pytest.raises(ValueError, match="unknown loss 'l2'"):
         losses.create_loss(TrainConfig(loss="l2"))
+
+
+def _lovasz_reference(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The reference implementation's lovasz_hinge(per_image=True) (Berman, Rannen Triki and
+    Blaschko, "The Lovasz-Softmax loss", CVPR 2018; their lovasz_losses.py), in numpy."""
+
+    def lovasz_grad(gt_sorted):
+        gts = gt_sorted.sum()
+        intersection = gts - np.cumsum(gt_sorted)
+        union = gts + np.cumsum(1.0 - gt_sorted)
+        jaccard = 1.0 - intersection / union
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+        return jaccard
+
+    losses = []
+    for x, y in zip(logits.reshape(len(logits), -1), labels.reshape(len(labels), -1), strict=True):
+        errors = 1.0 - x * (2.0 * y - 1.0)
+        perm = np.argsort(-errors, kind="stable")
+        losses.append(np.dot(np.maximum(errors[perm], 0.0), lovasz_grad(y[perm])))
+    return float(np.mean(losses))
+
+
+def test_lovasz_hinge_equals_the_reference_implementation():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(3, 5, 7, 1)) * 2.0
+    masks = (rng.random((3, 5, 7)) > 0.6).astype(np.float32)
+    masks[2] = 0.0  # an image without a person
+    got = float(losses.lovasz_hinge(jnp.asarray(logits, jnp.float32), jnp.asarray(masks)))
+    assert got == pytest.approx(_lovasz_reference(logits, masks), rel=1e-5)
+    perfect = np.where(masks[..., None] > 0, 10.0, -10.0)  # right side with a margin: no error
+    assert float(losses.lovasz_hinge(jnp.asarray(perfect), jnp.asarray(masks))) == 0.0
+    grads = jax.grad(lambda x: losses.lovasz_hinge(x, jnp.asarray(masks)))(jnp.asarray(logits))
+    assert np.all(np.isfinite(grads)) and np.any(grads != 0)

@@ -58,3 +58,31 @@ def test_the_mask_rule_is_probability_at_or_above_the_threshold():
     prob = np.array([0.49999997, 0.5, 0.7], np.float32)
     np.testing.assert_array_equal(metrics.to_mask(prob), [False, True, True])
     np.testing.assert_array_equal(postprocess.apply(prob[None], PostProcess(0.7))[0], [0, 0, 1])
+
+
+def test_a_crowd_keeps_its_small_people_when_components_are_judged_against_the_largest():
+    mask = np.zeros((400, 400), bool)
+    mask[50:350, 20:120] = True  # a near person: 30,000 px
+    mask[200:240, 200:215] = True  # two people far away: 600 px each, 0.4% of the image
+    mask[200:240, 300:315] = True
+    mask[10, 390] = mask[390, 390] = True  # specks
+    prob = mask.astype(np.float32)
+    relative = postprocess.apply(prob, PostProcess(0.5, min_relative=0.01))  # under 300 px go
+    assert relative[220, 207] and relative[220, 307] and not relative[10, 390]
+    absolute = postprocess.apply(prob, PostProcess(0.5, min_area=0.005))  # under 800 px go
+    assert not absolute[220, 207]  # what an image-relative area does to the small people
+    assert "under 1% of the largest removed" in str(PostProcess(0.5, min_relative=0.01))
+
+
+def test_tuning_searches_the_share_of_the_largest_component():
+    from segjax.inference import tuning
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 64, 64), np.uint8)
+    masks[:, 10:50, 10:30] = 1
+    masks[:, 30:36, 45:50] = 1  # a small second person in every image: 30 px, 0.7%
+    probs = np.clip(masks + rng.normal(0, 0.2, masks.shape), 0, 1).astype(np.float32)
+    probs[:, 2, 60] = 0.9  # a false speck
+    post, report = tuning.search(probs, masks)
+    assert post.min_area == 0 and post.min_relative in tuning.MIN_RELATIVE
+    assert report["dice_tuned"] >= report["dice_threshold_only"]

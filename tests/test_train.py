@@ -288,8 +288,8 @@ def test_training_into_a_used_folder_without_resume_stops_before_any_work(straig
 @pytest.mark.slow
 def test_early_stopping_fires(tmp_path, tiny_config):
     # No learning (a 1e-30 rate moves no weight) and no BatchNorm statistics: every epoch
-    # scores the same, so the
-    # first is the best and the run stops after `early_stop` more, whatever the machine.
+    # scores the same, so the first is the best and the run stops after `early_stop` more,
+    # whatever the machine.
     config = replace(
         tiny_config, model={"batch_norm": False}, train={"epochs": 6, "lr": 1e-30, "early_stop": 2}
     )

@@ -19,7 +19,9 @@ from segjax.inference.postprocess import PostProcess
 
 THRESHOLDS = tuple(np.round(np.arange(0.3, 0.701, 0.05), 2).tolist())
 OPEN_RADII = (0.0, 0.008, 0.016)  # fractions of the shorter side: 0, 2 and 4 px at 256
-MIN_AREAS = (0.0, 0.002, 0.005, 0.01)  # fractions of the image: 0 to 655 px at 256x256
+# Small components are judged against the largest one (a share of the image would also remove
+# the small people of a crowded photo): 0 keeps every component.
+MIN_RELATIVE = (0.0, 0.02, 0.05, 0.1, 0.2)
 FILL_HOLES = (False, True)
 
 
@@ -43,8 +45,8 @@ def search(probs: np.ndarray, masks: np.ndarray, top: int = 2) -> tuple[PostProc
         by_threshold = {t: mean_dice(probs, masks, PostProcess(t), pool) for t in THRESHOLDS}
         best_t = sorted(by_threshold, key=lambda t: (-by_threshold[t], abs(t - 0.5)))[:top]
         results = {PostProcess(t): by_threshold[t] for t in best_t}
-        for t, r, a, f in itertools.product(best_t, OPEN_RADII, MIN_AREAS, FILL_HOLES):
-            post = PostProcess(t, r, a, f)
+        for t, r, a, f in itertools.product(best_t, OPEN_RADII, MIN_RELATIVE, FILL_HOLES):
+            post = PostProcess(t, r, fill_holes=f, min_relative=a)
             if post.active:
                 results[post] = mean_dice(probs, masks, post, pool)
     # Ties go to the simpler setting (fewer operations), then the threshold nearest 0.5.
@@ -61,7 +63,7 @@ def search(probs: np.ndarray, masks: np.ndarray, top: int = 2) -> tuple[PostProc
 
 
 def _complexity(p: PostProcess) -> int:
-    return int(p.open_radius > 0) + int(p.min_area > 0) + int(p.fill_holes)
+    return int(p.open_radius > 0) + int(p.min_area > 0 or p.min_relative > 0) + int(p.fill_holes)
 
 
 def save_tuned(path: str | os.PathLike, post: PostProcess, tta: bool, extra: dict) -> None:

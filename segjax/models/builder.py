@@ -11,18 +11,25 @@ from segjax.models.layers import DTYPES
 from segjax.models.registry import ARCHS, ENCODERS
 
 
+def _blocks(config: ModelConfig) -> dict:
+    """What the scratch encoder's and every decoder's conv blocks take from the config."""
+    return dict(
+        features=config.features,
+        batch_norm=config.batch_norm,
+        dropout=config.dropout,
+        dropout_deep_only=config.dropout_deep_only,
+        convs=4 if config.double_conv else 2,
+        activation=config.activation,
+    )
+
+
 def _encoder(config: ModelConfig, dtype) -> nn.Module:
     entry, arch = ENCODERS[config.encoder], ARCHS[config.arch]
     if entry.stride is None:  # the UNet's own contracting path: shaped by the model options
         return entry.module(
-            features=config.features,
+            **_blocks(config),
             depth=config.depth,
             padding="VALID" if arch.valid else "SAME",
-            batch_norm=config.batch_norm,
-            dropout=config.dropout,
-            dropout_deep_only=config.dropout_deep_only,
-            convs=4 if config.double_conv else 2,
-            activation=config.activation,
             residual=arch.residual,
             dtype=dtype,
             name="encoder",
@@ -34,17 +41,7 @@ def create_model(config: ModelConfig, dtype: str = "float32") -> nn.Module:
     """The module of a model config, computing in `dtype` (parameters stay float32)."""
     check_model(config)
     arch = ARCHS[config.arch]
-    options = dict(
-        features=config.features,
-        batch_norm=config.batch_norm,
-        dropout=config.dropout,
-        dropout_deep_only=config.dropout_deep_only,
-        convs=4 if config.double_conv else 2,
-        activation=config.activation,
-        upsample=config.upsample,
-        dtype=DTYPES[dtype],
-        name="decoder",
-    )
+    options = dict(**_blocks(config), upsample=config.upsample, dtype=DTYPES[dtype], name="decoder")
     if arch.deep_supervision:
         options["deep_supervision"] = config.deep_supervision
     decoder = arch.decoder(**options)

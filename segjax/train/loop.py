@@ -64,7 +64,6 @@ def fit(
         state = state.replace(schedule_steps=steps)  # placed as the state: no retrace
         if setup.lead:
             run_folder.write_run(setup.run_dir, setup.config, setup.facts)
-        if setup.lead:
             describe(setup, state, begun.progress, options)
         limit = planner.session(options.session_limit, started, clock)
         with stop_on_signals() as stop:
@@ -117,7 +116,7 @@ class Loop(NamedTuple):
         tc, epochs = self.setup.config.train, self.setup.epochs
         rng = jax.random.fold_in(jax.random.key(tc.seed), 1)
         replace_step = progress.epoch + 1 if progress.batch else None  # a mid-epoch checkpoint
-        longest = 0.0  # the longest epoch of this process, planning and checkpoint included
+        longest = 0.0  # this process's longest epoch: validation, drawing, checkpoint included
         for epoch in range(progress.epoch, min(epochs, stop_at_epoch or epochs)):
             if (tc.early_stop and progress.bad_epochs >= tc.early_stop) or self.stop.is_set():
                 break  # between epochs: the last checkpoint already holds this position
