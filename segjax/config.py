@@ -227,6 +227,13 @@ class TrainConfig:
         1, "previews and curves.png every N epochs (and after the last)", valid=AT_LEAST_1
     )
     init_from: str = option("", "fine-tune: start from this run folder's best weights")
+    ema: float = option(
+        0.0,
+        "decay of an exponential moving average of the weights and BatchNorm statistics, per "
+        "step (e.g. 0.995; 0 = off): the average is what is validated, checkpointed as best, "
+        "tuned and submitted",
+        valid=Range(0, 1, high_open=True),
+    )
     freeze_encoder_epochs: int = option(
         0, "epochs before the encoder's weights start to change", valid=NON_NEGATIVE
     )

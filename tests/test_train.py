@@ -492,3 +492,39 @@ def test_an_error_before_the_first_epoch_leaves_no_run_folder(demo_dir, tmp_path
     with pytest.raises(UserError, match="weights.safetensors"):
         loop.fit(config, run_dir, RunOptions(progress=False))
     assert not run_dir.exists()
+
+
+def test_the_moving_average_follows_the_weights_and_is_what_validation_sees(tiny_config):
+    config = replace(tiny_config, train={"schedule": "constant", "ema": 0.9})
+    facts, batch = first_batch(config)
+    mesh = parallel.create_mesh()
+    steps = create_steps(config, facts, mesh, 10)
+    state = create_train_state(config, jax.random.key(0), 10, facts)
+    start_params = jax.device_get(state.params)
+    state, _ = steps.train(state, parallel.shard_batch(batch, mesh), jax.random.key(1))
+    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, start_params, state.params)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema["params"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    with_ema = steps.eval(state, parallel.shard_batch(batch, mesh))
+    raw = steps.eval(state.replace(ema=None), parallel.shard_batch(batch, mesh))
+    averaged = steps.eval(
+        state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"], ema=None),
+        parallel.shard_batch(batch, mesh),
+    )
+    np.testing.assert_array_equal(with_ema["probs"], averaged["probs"])
+    assert not np.array_equal(with_ema["probs"], raw["probs"])
+
+
+@pytest.mark.slow
+def test_an_ema_run_resumes_exactly_and_is_loaded_as_its_average(tiny_config, tmp_path):
+    from segjax.inference.run_loader import load_run
+
+    config = replace(tiny_config, train={"epochs": 3, "ema": 0.9})
+    loop.fit(config, tmp_path / "straight", RunOptions(progress=False))
+    subprocess_fit(config, tmp_path / "resumed", stop_at=2)
+    subprocess_fit(config, tmp_path / "resumed", resume=True)
+    assert_same_run(config, tmp_path / "straight", tmp_path / "resumed")
+    state, _ = final_state(config, tmp_path / "straight")
+    loaded = load_run(tmp_path / "straight", "latest")
+    for a, b in zip(jax.tree.leaves(state.ema), jax.tree.leaves(loaded.variables), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -52,7 +52,7 @@ def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
     manager = checkpoint.create_manager(run_dir / "checkpoints", read_only=True)
     try:
         step = checkpoint.resolve_step(manager, which)
-        variables = checkpoint.restore_variables(manager, step, template)
+        variables = checkpoint.restore_variables(manager, step, template, ema=config.train.ema > 0)
     finally:
         manager.close()
     return Loaded(config, facts, variables, step, run_dir)

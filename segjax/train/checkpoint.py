@@ -147,20 +147,25 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[A
     return state, dict(restored["meta"])
 
 
-def restore_variables(manager: ocp.CheckpointManager, step: int, template: dict) -> dict:
+def restore_variables(
+    manager: ocp.CheckpointManager, step: int, template: dict, ema: bool = False
+) -> dict:
     """Only the `params` and `batch_stats` of a step (a partial restore: no optimizer state),
-    in the shapes and shardings of `template`; CheckpointError if unreadable."""
+    in the shapes and shardings of `template`; with `ema`, their moving averages (what a run
+    with --ema validated). CheckpointError if unreadable."""
     folder = Path(manager.directory) / str(step)
     broken = damage(folder)
+    item = {"ema": template} if ema else template
     args = ocp.args.PyTreeRestore(
-        item=template,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(template),
+        item=item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True,
     )
     try:
         if broken:
             raise CheckpointError(broken)
         restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        restored = restored["ema"] if ema else restored
     except Exception as err:  # Orbax and TensorStore raise many kinds for damaged files
         reason = broken or (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise CheckpointError(

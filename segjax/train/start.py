@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from segjax import parallel
 from segjax.config import Config, RunFacts, check
@@ -143,6 +144,9 @@ def _fresh(setup: Setup, state: TrainState) -> Start:
         setup = setup._replace(facts=dataclasses.replace(setup.facts, encoder_source=source))
     if setup.config.train.init_from:
         state = _init_from(state, setup.config)
+    if state.ema is not None:  # the averages start from the weights training starts from
+        weights = {"params": state.params, "batch_stats": state.batch_stats}
+        state = state.replace(ema=jax.tree.map(jnp.copy, weights))  # copies: see create_train_state
     if setup.lead:
         (setup.run_dir / "metrics.jsonl").unlink(missing_ok=True)
     return Start(setup, state, Progress(), ())
@@ -169,7 +173,8 @@ def load_pretrained(state: TrainState, config: Config, mesh) -> tuple[TrainState
 
 
 def _init_from(state: TrainState, config: Config) -> TrainState:
-    """Fine-tuning: the weights and BatchNorm statistics of another run's best epoch."""
+    """Fine-tuning: the weights and BatchNorm statistics of another run's best epoch (their
+    moving averages, if that run kept them: what it validated)."""
     source_dir = Path(config.train.init_from)
     source, facts = run_folder.read_run(source_dir)
     shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
@@ -181,9 +186,8 @@ def _init_from(state: TrainState, config: Config) -> TrainState:
     manager = checkpoint.create_manager(source_dir / "checkpoints", read_only=True)
     template = {"params": state.params, "batch_stats": state.batch_stats}
     try:
-        variables = checkpoint.restore_variables(
-            manager, checkpoint.resolve_step(manager, "best"), template
-        )
+        step = checkpoint.resolve_step(manager, "best")
+        variables = checkpoint.restore_variables(manager, step, template, source.train.ema > 0)
     finally:
         manager.close()
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])

@@ -26,6 +26,15 @@ class TrainState(train_state.TrainState):
     # float16's dynamic loss scale (precision.loss_scale), checkpointed with the rest; None in
     # the other precisions.
     dynamic_scale: Any = None
+    # --ema: moving averages of params and batch_stats ({"params", "batch_stats"}); None off.
+    ema: Any = None
+
+    @property
+    def eval_variables(self) -> dict:
+        """What validation and prediction use: the moving average when there is one."""
+        if self.ema is not None:
+            return self.ema
+        return {"params": self.params, "batch_stats": self.batch_stats}
 
 
 def init_variables(config: Config, rng: jax.Array, dtype: str = "float32") -> dict:
@@ -51,11 +60,26 @@ def create_train_state(
         plateau=optim.create_plateau(config.train).init(variables["params"]),
         schedule_steps=jnp.asarray(epochs * steps_per_epoch, jnp.int32),
         dynamic_scale=precision.loss_scale(facts.dtype),
+        # copies: the step donates its state, and a buffer cannot be donated twice
+        ema=jax.tree.map(jnp.copy, _variables(variables)) if config.train.ema else None,
     )
 
 
+def _variables(variables: dict) -> dict:
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def update_ema(state: TrainState, decay: float) -> TrainState:
+    """Move the averages `1 - decay` of the way to the current weights and statistics."""
+    if state.ema is None:
+        return state
+    current = {"params": state.params, "batch_stats": state.batch_stats}
+    ema = jax.tree.map(lambda e, x: decay * e + (1.0 - decay) * x, state.ema, current)
+    return state.replace(ema=ema)
+
+
 def train_step(
-    state: TrainState, batch: dict, rng: jax.Array, *, loss_fn, level, mean, std, schedule
+    state: TrainState, batch: dict, rng: jax.Array, *, loss_fn, level, mean, std, schedule, ema
 ):
     """One update on an augmented batch; randomness from fold_in(rng, step): resumable."""
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
@@ -73,10 +97,11 @@ def train_step(
     if state.dynamic_scale is None:
         (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
         state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
-        return state, {"loss": loss}
+        return update_ema(state, ema), {"loss": loss}
     scaled = state.dynamic_scale.value_and_grad(compute_loss, has_aux=True)
     dynamic_scale, finite, (loss, updates), grads = scaled(state.params)
-    return _apply_if_finite(state, grads, updates, finite, dynamic_scale), {
+    state = _apply_if_finite(state, grads, updates, finite, dynamic_scale)
+    return update_ema(state, ema), {
         "loss": loss,
         "skipped": jnp.logical_not(finite).astype(jnp.int32),
     }
@@ -101,8 +126,7 @@ def eval_step(state: TrainState, batch: dict, *, loss_fn, mean, std) -> dict[str
     The mask is `metrics.to_mask` of `apply.probabilities` at 0.5: the rule that evaluation and
     the submission apply, so validation Dice here equals `evaluate.py`'s at 0.5.
     """
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = apply.logits(state.apply_fn, variables, batch["image"], mean, std)
+    logits = apply.logits(state.apply_fn, state.eval_variables, batch["image"], mean, std)
     masks = batch["mask"].astype(jnp.float32)
     per_image = jax.vmap(lambda x, y: loss_fn(x[None], y[None]))(logits, masks)
     probs = jax.nn.sigmoid(logits[..., 0])
@@ -124,7 +148,12 @@ def create_steps(config: Config, facts: RunFacts, mesh, steps_per_epoch: int) ->
         optim.learning_rate_at, config.train, steps_per_epoch=steps_per_epoch
     )
     train = functools.partial(
-        train_step, loss_fn=loss_fn, level=config.train.aug, schedule=schedule, **norm
+        train_step,
+        loss_fn=loss_fn,
+        level=config.train.aug,
+        schedule=schedule,
+        ema=config.train.ema,
+        **norm,
     )
     evaluate = functools.partial(eval_step, loss_fn=loss_fn, **norm)
     return Steps(
