@@ -42,11 +42,13 @@ def save_png(image, path: str | os.PathLike) -> Path:
     return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+def check_output_file(
+    path: str | os.PathLike, flag: str = "--out", example: str = "submission.csv"
+) -> Path:
     """A file about to be written: not an existing folder."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{flag} {path}: a folder; give the file to write, e.g. {path}/out")
+        raise UserError(f"{flag} {path}: a folder; give the file to write, e.g. {path / example}")
     return path
 
 

@@ -319,7 +319,11 @@ def test_numeric_flags_cover_every_command_that_has_one():
         ("train", ["--folds", "1", "--fold", "0"], "error: --folds 1: use 0"),
         ("predict", ["in.png", "--out", "masks.png"], "error: --out masks.png: looks like a file"),
         ("predict", ["in.png", "--out", "taken.txt"], "error: --out taken.txt: an existing file"),
-        ("submit", ["--out", "."], "error: --out .: a folder; give the file to write"),
+        (
+            "submit",
+            ["--out", "."],
+            "error: --out .: a folder; give the file to write, e.g. submission.csv",
+        ),
         ("evaluate", ["--out-dir", "taken.txt"], "error: --out-dir taken.txt: an existing file"),
     ],
 )

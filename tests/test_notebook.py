@@ -1,12 +1,14 @@
 """examples/kaggle.ipynb run as on Kaggle: segjax installed with --no-index from a wheel folder
 built by tools/offline_wheels.sh into a fresh venv (JAX taken from the "image", as Kaggle's has
-it), the notebook executed by a real Jupyter kernel on a read-only data folder."""
+it), the notebook executed by a real Jupyter kernel on a read-only data folder; and what that
+install holds: the library only, and the `segjax` command."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -55,7 +57,11 @@ def test_the_kaggle_notebook_installs_offline_trains_and_submits(demo_dir, tmp_p
         timeout=900,
     )
     assert built.returncode == 0, built.stderr[-3000:]
-    assert not list(wheels.glob("jax-*")) and list(wheels.glob("segjax-*.whl"))
+    assert not list(wheels.glob("jax-*"))
+    (wheel,) = wheels.glob("segjax-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "segjax/models/encoders.py" in names and "segjax/cli/commands.py" in names
+    assert not [n for n in names if n.startswith(("tests/", "scripts/", "benchmarks/", "docs/"))]
     env = tmp_path / "venv"
     venv.create(env, with_pip=True)
     (site,) = env.glob("lib/python*/site-packages")
@@ -103,3 +109,11 @@ def test_the_kaggle_notebook_installs_offline_trains_and_submits(demo_dir, tmp_p
     )
     assert where.stdout.startswith(str(site)), where
     assert _listing(demo_dir) == before
+    # The wheel's command outside the checkout: its commands, and `python -m segjax`.
+    run = lambda *argv: subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+    train_help = run(str(env / "bin" / "segjax"), "train", "--help")
+    assert (
+        train_help.returncode == 0 and "--encoder {scratch,efficientnet-lite0" in train_help.stdout
+    )
+    module = run(str(env / "bin" / "python"), "-m", "segjax", "submit", "--help")
+    assert module.returncode == 0 and "usage: segjax submit" in module.stdout, module.stderr

@@ -89,14 +89,3 @@ def test_auto_on_a_t4_trains_in_float16_says_so_and_saves_it(
     assert run_folder.read_facts(tmp_path / "run").dtype == "float16"
     (row,) = metrics_log.read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert row["skipped_steps"] == 0 and row["loss_scale"] == 2.0**16
-
-
-@pytest.mark.slow
-def test_stopping_and_resuming_in_float16_equals_a_straight_run(tiny_config, tmp_path):
-    from tests.test_train import assert_same_run, subprocess_fit
-
-    config = replace(tiny_config, train={"precision": "fp16", "epochs": 3})
-    loop.fit(config, tmp_path / "straight", RunOptions(progress=False))
-    subprocess_fit(config, tmp_path / "resumed", stop_at=2)
-    subprocess_fit(config, tmp_path / "resumed", resume=True)
-    assert_same_run(config, tmp_path / "straight", tmp_path / "resumed")  # scale included

@@ -516,14 +516,18 @@ def test_the_moving_average_follows_the_weights_and_is_what_validation_sees(tiny
 
 
 @pytest.mark.slow
-def test_an_ema_run_resumes_exactly_and_is_loaded_as_its_average(tiny_config, tmp_path):
+def test_float16_with_ema_resumes_exactly_and_is_loaded_as_its_average(tiny_config, tmp_path):
+    """float16's loss scale and the moving average are part of the state: stopping and
+    resuming in a new process gives the straight run, bitwise; prediction loads the average."""
     from segjax.inference.run_loader import load_run
 
-    config = replace(tiny_config, train={"epochs": 3, "ema": 0.9})
+    config = replace(tiny_config, train={"epochs": 3, "ema": 0.9, "precision": "fp16"})
     loop.fit(config, tmp_path / "straight", RunOptions(progress=False))
     subprocess_fit(config, tmp_path / "resumed", stop_at=2)
     subprocess_fit(config, tmp_path / "resumed", resume=True)
-    assert_same_run(config, tmp_path / "straight", tmp_path / "resumed")
+    assert_same_run(config, tmp_path / "straight", tmp_path / "resumed")  # scale, average too
+    rows = metrics_log.read_metrics(tmp_path / "resumed" / "metrics.jsonl")
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 0]
     state, _ = final_state(config, tmp_path / "straight")
     loaded = load_run(tmp_path / "straight", "latest")
     for a, b in zip(jax.tree.leaves(state.ema), jax.tree.leaves(loaded.variables), strict=True):

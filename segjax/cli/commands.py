@@ -132,6 +132,8 @@ def train(args: argparse.Namespace) -> None:
     from segjax import workflows
     from segjax.train import run_folder
 
+    started = float(os.environ["SEGJAX_START"].partition(":")[2])
+    options = flags.option_values(args, RunOptions, started=started)  # checked before any work
     _initialize_distributed(args)
     fold_all = args.fold == "all"
     if args.resume:
@@ -161,8 +163,6 @@ def train(args: argparse.Namespace) -> None:
         )
         config = dataclasses.replace(config, name=run_dir.name)
     print(f"run folder: {run_dir}")
-    started = float(os.environ["SEGJAX_START"].partition(":")[2])
-    options = flags.option_values(args, RunOptions, started=started)
     if fold_all:
         workflows.train_folds_and_tune(config, run_dir, options)
     else:
@@ -266,7 +266,7 @@ def export(args: argparse.Namespace) -> None:
     from segjax.train import run_folder
 
     options = flags.option_values(args, InferenceOptions)
-    check_output_file(args.out)
+    check_output_file(args.out, example="model.jaxexport")
     run_dir = Path(args.run_dir) if args.run_dir else run_folder.newest_run()
     record = export_run(run_dir, args.out, options)
     print(

@@ -39,7 +39,7 @@ def export_run(
     `options`, the checkpoint, TTA and threshold apply.
     """
     check(options)
-    out = check_output_file(out)
+    out = check_output_file(out, example="model.jaxexport")
     loaded = load_run(run_dir, options.checkpoint)
     config, facts = loaded.config, loaded.facts
     post, tta = tuning.settings(run_dir, options.threshold, options.tta)
