@@ -117,9 +117,10 @@ def test_run_folders(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
+def test_train_script_end_to_end_with_resume(demo_dir, tmp_path, monkeypatch, capsys):
     """The real command line: train 1 of 2 epochs, resume (the original command with --resume
-    and a longer --epochs), refuse a reused name and a changed flag, then submit."""
+    and a longer --epochs), refuse a reused name and a changed flag (the same command, in
+    this process: a refusal needs no new one), then submit."""
     common = [
         "--data-dir",
         str(demo_dir),
@@ -149,11 +150,16 @@ def test_train_script_end_to_end_with_resume(demo_dir, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = tmp_path / "runs" / "cli"
     assert not (run_dir / "tuned.json").exists()  # tuning waits for the last epoch
-    reused = run([*train, *common, "--arch", "attn"])
-    assert reused.returncode == 2 and "Traceback" not in reused.stderr
-    assert "runs/cli already holds a trained run: add --resume" in reused.stderr
-    changed = run([*train, "--resume", "--name", "cli", "--lr", "0.5"])
-    assert changed.returncode == 2 and "--lr 0.5 (the run has 0.001)" in changed.stderr
+    monkeypatch.chdir(tmp_path)
+    for argv, message in [
+        ([*common, "--arch", "attn"], "runs/cli already holds a trained run: add --resume"),
+        (["--resume", "--name", "cli", "--lr", "0.5"], "--lr 0.5 (the run has 0.001)"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            commands.run("train", argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
     second = run([*train, *common, "--resume", "--epochs", "3"])
     assert second.returncode == 0, second.stderr[-3000:]
     assert "the cosine schedule now spans 3 epochs" in second.stdout

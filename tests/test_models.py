@@ -24,10 +24,10 @@ from segjax.models.registry import ARCHS
 TINY = dict(encoder="scratch", features=4, depth=2, upsample="transpose")
 
 
-# Attention gates and valid convolutions compile slowly on CPU: their variants are in the slow
-# tier, the other archs in the fast one.
+# Attention gates, residual blocks and valid convolutions compile slowly on CPU: their variants
+# are in the slow tier, unet and unetpp in the fast one.
 ARCH_PARAMS = [
-    pytest.param(a, marks=pytest.mark.slow) if a in ("attn", "unet-valid") else a
+    pytest.param(a, marks=pytest.mark.slow) if a in ("attn", "resunet", "unet-valid") else a
     for a in sorted(ARCHS)
 ]
 
