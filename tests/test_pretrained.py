@@ -152,7 +152,7 @@ def test_missing_package_wrong_file_and_wrong_shapes_are_named(tmp_path, monkeyp
         UserError, match="resnet34.s ImageNet weights do not ship .* --encoder-weights"
     ):
         pretrained.weights_file("resnet34", "imagenet")
-    with pytest.raises(UserError, match=r"nowhere\.safetensors: no such weights file"):
+    with pytest.raises(UserError, match=r"nowhere\.safetensors: no such file or folder"):
         pretrained.load_encoder("resnet18", str(tmp_path / "nowhere.safetensors"), {})
     from safetensors.numpy import save_file
 

@@ -1,14 +1,16 @@
 """Encoders: an image in, its features at strides 1, 2, 4, ... out (None where an encoder has none).
 
-`ScratchEncoder` is the UNet's own contracting path; `EfficientNetLite` and `ResNet` follow the
-ImageNet classifiers whose weights `segjax.models.pretrained` loads (the PyTorch definitions of the
-`efficientnet-lite-pytorch` package and of torchvision).
+`ScratchEncoder` is the UNet's own contracting path; `EfficientNetLite`, `EfficientNet` and
+`ResNet` follow the ImageNet classifiers whose weights `segjax.models.pretrained` loads (the
+PyTorch definitions of the `efficientnet-lite-pytorch` package, of timm and of torchvision);
+ConvNeXt lives in `segjax.models.convnext`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -90,19 +92,34 @@ def lite_blocks(width: float, depth: float) -> list[tuple[int, int, int, int, in
 
     Lite keeps the stem, the first and the last stage unscaled (as the reference code does).
     """
+    return [spec for _, spec in stage_blocks(width, depth, lite=True)]
+
+
+def stage_blocks(width: float, depth: float, lite: bool) -> list[tuple[int, tuple]]:
+    """(stage, (kernel, stride, expansion, in, out)) of every MBConv block of an EfficientNet:
+    each stage's repeats scaled by `depth` (rounded up) and channels by `width`. Lite keeps the
+    stem, the first and the last stage unscaled; timm's `efficientnet_b*` scales them all."""
     blocks = []
     last = len(LITE_STAGES) - 1
     for i, (repeats, kernel, stride, expand, cin, cout) in enumerate(LITE_STAGES):
-        cin = 32 if i == 0 else round_filters(cin, width)
+        fixed = lite and i in (0, last)
+        cin = round_filters(cin, 1.0 if lite and i == 0 else width)
         cout = round_filters(cout, width)
-        repeats = repeats if i in (0, last) else int(math.ceil(depth * repeats))
+        repeats = repeats if fixed else int(math.ceil(depth * repeats))
         for r in range(repeats):
-            blocks.append((kernel, stride if r == 0 else 1, expand, cin if r == 0 else cout, cout))
+            spec = (kernel, stride if r == 0 else 1, expand, cin if r == 0 else cout, cout)
+            blocks.append((i, spec))
     return blocks
 
 
 class MBConv(nn.Module):
-    """Inverted residual block: 1x1 expand, depthwise k x k, 1x1 project (ReLU6, no SE)."""
+    """Inverted residual block: 1x1 expand, depthwise k x k, squeeze-excite (if
+    `se_channels`), 1x1 project; a skip where the shape stays.
+
+    EfficientNet-Lite: ReLU6, no squeeze-excite, TensorFlow "SAME" padding, BatchNorm eps 1e-3.
+    timm's EfficientNet-B: SiLU, squeeze-excite to a quarter of the block's input channels,
+    PyTorch's symmetric padding, eps 1e-5 (`EfficientNet` sets these).
+    """
 
     kernel: int
     stride: int
@@ -111,23 +128,54 @@ class MBConv(nn.Module):
     cout: int
     bn_frozen: bool = False
     dtype: jnp.dtype = jnp.float32
+    activation: str = "relu6"
+    se_channels: int = 0
+    padding: str = "SAME"
+    bn: tuple[float, float] = (0.99, 1e-3)  # BatchNorm (flax momentum, epsilon)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        norm = functools.partial(_batch_norm, train, self.bn_frozen, 0.99, 1e-3, self.dtype)
+        norm = functools.partial(_batch_norm, train, self.bn_frozen, *self.bn, self.dtype)
+        act = ENCODER_ACTIVATIONS[self.activation]
         conv = functools.partial(
             nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=param_dtype(self.dtype)
         )
         y = x
         if self.expand != 1:
             y = conv(self.cin * self.expand, (1, 1), name="expand_conv")(y)
-            y = nn.relu6(norm("expand_bn")(y))
-        y = DepthwiseConv(self.kernel, self.stride, self.dtype, name="depthwise_conv")(y)
-        y = nn.relu6(norm("depthwise_bn")(y))
+            y = act(norm("expand_bn")(y))
+        y = DepthwiseConv(
+            self.kernel, self.stride, self.dtype, self.padding, name="depthwise_conv"
+        )(y)
+        y = act(norm("depthwise_bn")(y))
+        if self.se_channels:
+            y = SqueezeExcite(self.se_channels, act, self.dtype, name="se")(y)
         y = norm("project_bn")(conv(self.cout, (1, 1), name="project_conv")(y))
         if self.stride == 1 and self.cin == self.cout:
             y = y + x
         return y
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gates from the global average: 1x1 reduce (+ activation), 1x1 expand, sigmoid."""
+
+    channels: int
+    activation: Callable[[jax.Array], jax.Array]
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=param_dtype(self.dtype))
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = self.activation(conv(self.channels, (1, 1), name="reduce")(s))
+        s = conv(x.shape[-1], (1, 1), name="expand")(s)
+        return x * nn.sigmoid(s)
+
+
+ENCODER_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu6": nn.relu6,
+    "silu": nn.silu,
+}
 
 
 class EfficientNetLite(nn.Module):
@@ -190,6 +238,82 @@ class EfficientNetLiteClassifier(nn.Module):
         )
 
 
+class EfficientNet(nn.Module):
+    """timm's EfficientNet-B0..B5 (`efficientnet_b*`: SiLU, squeeze-excite, PyTorch's symmetric
+    padding; stem, first and last stage scaled too) as an encoder.
+
+    Features at strides 2, 4, 8, 16 and 32: the last block's output at each stride, as
+    `EfficientNetLite`, with which it shares the blocks. No stochastic depth.
+    """
+
+    width: float = 1.0
+    depth: float = 1.0
+    bn_frozen: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    stride = 32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array | None]:
+        norm = functools.partial(_batch_norm, train, self.bn_frozen, 0.9, 1e-5, self.dtype)
+        x = nn.Conv(
+            round_filters(32, self.width),
+            (3, 3),
+            strides=2,
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=param_dtype(self.dtype),
+            name="stem_conv",
+        )(x.astype(self.dtype))
+        x = nn.silu(norm("stem_bn")(x))
+        features: list[jax.Array | None] = [None]
+        index: dict[int, int] = {}
+        for stage, spec in stage_blocks(self.width, self.depth, lite=False):
+            if spec[1] == 2:
+                features.append(x)
+            index[stage] = index.get(stage, -1) + 1
+            x = MBConv(
+                *spec,
+                bn_frozen=self.bn_frozen,
+                dtype=self.dtype,
+                activation="silu",
+                se_channels=max(1, round(spec[3] * 0.25)),
+                padding="SYMMETRIC",
+                bn=(0.9, 1e-5),
+                name=f"stage{stage}_block{index[stage]}",
+            )(x, train=train)
+        return [*features, x]
+
+
+class EfficientNetClassifier(nn.Module):
+    """timm's EfficientNet-B with its ImageNet head (1x1 conv to 1280 x width, BatchNorm, SiLU,
+    pooling, dense), to check that weights load right."""
+
+    width: float = 1.0
+    depth: float = 1.0
+    classes: int = 1000
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        encoder = EfficientNet(self.width, self.depth, dtype=self.dtype, name="encoder")
+        feature = encoder(x, train=False)[-1]
+        pdtype = param_dtype(self.dtype)
+        y = nn.Conv(
+            round_filters(1280, self.width),
+            (1, 1),
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=pdtype,
+            name="head_conv",
+        )(feature)
+        y = nn.silu(_batch_norm(False, False, 0.9, 1e-5, self.dtype, "head_bn")(y))
+        return nn.Dense(self.classes, dtype=self.dtype, param_dtype=pdtype, name="fc")(
+            jnp.mean(y, axis=(1, 2))
+        )
+
+
 class BasicBlock(nn.Module):
     """ResNet-18/34 block: two 3x3 convolutions with BatchNorm, a projected shortcut on change."""
 
@@ -228,13 +352,52 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     return functools.reduce(jnp.maximum, taps)
 
 
+class Bottleneck(nn.Module):
+    """ResNet-50/101 and ResNeXt block: 1x1 reduce, 3x3 (strided, grouped for ResNeXt), 1x1
+    expand to 4x, each with BatchNorm; a projected shortcut on change (torchvision/timm)."""
+
+    features: int  # the block's output is 4x this
+    stride: int = 1
+    bn_frozen: bool = False
+    dtype: jnp.dtype = jnp.float32
+    groups: int = 1
+    base_width: int = 64
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        norm = functools.partial(_batch_norm, train, self.bn_frozen, 0.9, 1e-5, self.dtype)
+        conv = functools.partial(
+            nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=param_dtype(self.dtype)
+        )
+        width = self.features * self.base_width // 64 * self.groups
+        out = 4 * self.features
+        y = nn.relu(norm("bn1")(conv(width, (1, 1), name="conv1")(x)))
+        y = conv(
+            width,
+            (3, 3),
+            self.stride,
+            padding=((1, 1), (1, 1)),
+            feature_group_count=self.groups,
+            name="conv2",
+        )(y)
+        y = nn.relu(norm("bn2")(y))
+        y = norm("bn3")(conv(out, (1, 1), name="conv3")(y))
+        if self.stride != 1 or x.shape[-1] != out:
+            x = norm("downsample_bn")(conv(out, (1, 1), self.stride, name="downsample")(x))
+        return nn.relu(y + x)
+
+
 class ResNet(nn.Module):
-    """ResNet-18/34 (torchvision layout) as an encoder: features at strides 2 (after the stem
-    convolution) and 4, 8, 16, 32 (after each stage)."""
+    """ResNet-18/34 (basic blocks), ResNet-50/101 and ResNeXt (bottlenecks) in the
+    torchvision/timm layout as an encoder: features at strides 2 (after the stem convolution)
+    and 4, 8, 16, 32 (after each stage)."""
 
     stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
     bn_frozen: bool = False
     dtype: jnp.dtype = jnp.float32
+    bottleneck: bool = False
+    groups: int = 1
+    base_width: int = 64
 
     stride = 32
 
@@ -256,9 +419,13 @@ class ResNet(nn.Module):
         for stage, blocks in enumerate(self.stage_sizes):
             for b in range(blocks):
                 stride = 2 if stage > 0 and b == 0 else 1
-                x = BasicBlock(
-                    64 * 2**stage, stride, self.bn_frozen, self.dtype, name=f"layer{stage + 1}_{b}"
-                )(x, train=train)
+                name = f"layer{stage + 1}_{b}"
+                args = (64 * 2**stage, stride, self.bn_frozen, self.dtype)
+                if self.bottleneck:
+                    block = Bottleneck(*args, self.groups, self.base_width, name=name)
+                else:
+                    block = BasicBlock(*args, name=name)
+                x = block(x, train=train)
             features.append(x)
         return features
 
@@ -269,10 +436,21 @@ class ResNetClassifier(nn.Module):
     stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
     classes: int = 1000
     dtype: jnp.dtype = jnp.float32
+    bottleneck: bool = False
+    groups: int = 1
+    base_width: int = 64
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        feature = ResNet(self.stage_sizes, dtype=self.dtype, name="encoder")(x, train=False)[-1]
+        encoder = ResNet(
+            self.stage_sizes,
+            dtype=self.dtype,
+            bottleneck=self.bottleneck,
+            groups=self.groups,
+            base_width=self.base_width,
+            name="encoder",
+        )
+        feature = encoder(x, train=False)[-1]
         pdtype = param_dtype(self.dtype)
         dense = nn.Dense(self.classes, dtype=self.dtype, param_dtype=pdtype, name="fc")
         return dense(jnp.mean(feature, axis=(1, 2)))

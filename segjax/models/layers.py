@@ -192,24 +192,40 @@ def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def depthwise_native(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int):
+def depthwise_pads(
+    x_BxHxWxC: jax.Array, kernel: int, stride: int, padding: str
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(before, after) padding of the two spatial axes: TensorFlow's "SAME" (the extra pixel
+    after, as EfficientNet-Lite's reference) or "SYMMETRIC" (kernel // 2 on both sides, as
+    PyTorch's timm and torchvision models)."""
+    _, h, w, _ = x_BxHxWxC.shape
+    if padding == "SYMMETRIC":
+        return ((kernel // 2, kernel // 2),) * 2
+    return tf_same_padding(h, kernel, stride), tf_same_padding(w, kernel, stride)
+
+
+def depthwise_native(
+    x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, padding: str = "SAME"
+):
     return jax.lax.conv_general_dilated(
         x_BxHxWxC,
         kernel_KxKx1xC,
         (stride, stride),
-        "SAME",
+        depthwise_pads(x_BxHxWxC, kernel_KxKx1xC.shape[0], stride, padding),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=x_BxHxWxC.shape[-1],
     )
 
 
-def depthwise_shifted(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int):
-    """The sum of k*k shifted, per-channel-scaled copies of the input ("SAME" padding)."""
+def depthwise_shifted(
+    x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, padding: str = "SAME"
+):
+    """The sum of k*k shifted, per-channel-scaled copies of the input."""
     k = kernel_KxKx1xC.shape[0]
-    _, h, w, _ = x_BxHxWxC.shape
-    pads = (tf_same_padding(h, k, stride), tf_same_padding(w, k, stride))
+    pads = depthwise_pads(x_BxHxWxC, k, stride, padding)
     x = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
-    oh, ow = -(-h // stride), -(-w // stride)
+    oh = (x.shape[1] - k) // stride + 1
+    ow = (x.shape[2] - k) // stride + 1
     out = None
     for i in range(k):
         for j in range(k):
@@ -221,32 +237,46 @@ def depthwise_shifted(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: i
     return out
 
 
-def depthwise_conv(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int) -> jax.Array:
-    """Depthwise convolution with "SAME" padding, in the form each platform runs fastest.
+def depthwise_conv(
+    x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, padding: str = "SAME"
+) -> jax.Array:
+    """Depthwise convolution ("SAME" or "SYMMETRIC" padding), in the form each platform runs
+    fastest.
 
     On CPU, a sum of k*k shifted, per-channel-scaled copies of the input: XLA:CPU's grouped
     convolution is 25-50x slower than this form (PERF notes in the README). Elsewhere, the
     native grouped convolution. Chosen when lowering (`jax.lax.platform_dependent`), so an
     exported model carries both. The two agree to float rounding (tested).
     """
-    native = functools.partial(depthwise_native, stride=stride)
-    shifted = functools.partial(depthwise_shifted, stride=stride)
+    native = functools.partial(depthwise_native, stride=stride, padding=padding)
+    shifted = functools.partial(depthwise_shifted, stride=stride, padding=padding)
     return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKx1xC, cpu=shifted, default=native)
 
 
 class DepthwiseConv(nn.Module):
-    """A k x k depthwise convolution without bias; kernel [k, k, 1, C] as `nn.Conv` groups."""
+    """A k x k depthwise convolution; kernel [k, k, 1, C] as `nn.Conv` groups; a bias if
+    `use_bias`; `padding` "SAME" (TensorFlow's) or "SYMMETRIC" (PyTorch's k // 2)."""
 
     kernel_size: int
     strides: int = 1
     dtype: jnp.dtype = jnp.float32
+    padding: str = "SAME"
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel_size, self.kernel_size, 1, x.shape[-1])
         init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
         kernel = self.param("kernel", init, shape, param_dtype(self.dtype))
-        return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides)
+        y = depthwise_conv(
+            x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.initializers.zeros, (x.shape[-1],), param_dtype(self.dtype)
+            )
+            y = y + bias.astype(self.dtype).reshape(1, 1, 1, -1)
+        return y
 
 
 def upsample_nearest(x_BxHxWxC: jax.Array) -> jax.Array:

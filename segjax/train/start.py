@@ -158,17 +158,15 @@ def load_pretrained(state: TrainState, config: Config, mesh) -> tuple[TrainState
     m = config.model
     if pretrained.weights_file(m.encoder, m.encoder_weights) is None:
         return state, ""
-    template = {
-        "params": state.params["encoder"],
-        "batch_stats": state.batch_stats["encoder"],
-    }
+    template = {"params": state.params["encoder"]}
+    if "encoder" in state.batch_stats:  # ConvNeXt has no BatchNorm
+        template["batch_stats"] = state.batch_stats["encoder"]
     template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
     loaded, source = pretrained.load_encoder(m.encoder, m.encoder_weights, template)
     loaded = jax.device_put(loaded, parallel.replicated(mesh))
-    state = state.replace(
-        params={**state.params, "encoder": loaded["params"]},
-        batch_stats={**state.batch_stats, "encoder": loaded["batch_stats"]},
-    )
+    state = state.replace(params={**state.params, "encoder": loaded["params"]})
+    if "batch_stats" in loaded:
+        state = state.replace(batch_stats={**state.batch_stats, "encoder": loaded["batch_stats"]})
     return state, source
 
 
