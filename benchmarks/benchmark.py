@@ -434,7 +434,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     peak = benchmark.matmul_peak_gflops()
     print(f"measured float32 matmul peak: {peak:.0f} GFLOP/s")
-    results = [benchmark.bench_train(c, steps=args.steps) for c in configs]
+    results = []
+    for config in configs:  # each row as it finishes (a big encoder takes minutes on a CPU)
+        results.append(benchmark.bench_train(config, steps=args.steps))
+        print(benchmark.format_results(results[-1:], peak).splitlines()[-1], flush=True)
     print(benchmark.format_results(results, peak))
     if args.compare_torch:
         encoder = next((e for e in args.encoder if torch_model(e)), args.encoder[0])

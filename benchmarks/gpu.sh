@@ -2,7 +2,8 @@
 # segjax on a GPU machine, beside PyTorch: run from a checkout's root with the machine's own
 # JAX and PyTorch. Rows land in $OUT/results.jsonl as they finish; the whole log in $OUT/log.
 # The PyTorch EfficientNet-Lite0 peer needs efficientnet-lite-pytorch: carried as a wheel in
-# .whl/ where the machine has no network (pip download --no-deps efficientnet-lite-pytorch).
+# .whl/ where the machine has no network (pip download --no-deps efficientnet-lite-pytorch);
+# the timm:resnet50 row needs timm the same way (pip download --no-deps timm).
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"

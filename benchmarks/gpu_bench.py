@@ -46,6 +46,11 @@ ROWS = [
     ("segjax", "unet", 256, "fp32", 32, LITE0),
     ("depthwise", "lite0", 384, "fp32", 32, {}),
     ("loop", "unet", 64, "fp32", 8, {"features": 8, "encoder": "efficientnet-lite0"}),
+    # timm's encoders (random weights: the speed is the same), PyTorch's timm model beside one
+    ("segjax", "unet", 384, "bf16", 32, {"encoder": "resnet50", "features": 16}),
+    ("torch", "timm:resnet50", 384, "bf16", 32, {"compile": True}),
+    ("segjax", "unet", 384, "bf16", 32, {"encoder": "efficientnet-b3", "features": 16}),
+    ("segjax", "unet", 384, "bf16", 32, {"encoder": "convnext-tiny", "features": 16}),
     ("segjax", "unet", 384, "bf16", 32, LITE2),
     ("segjax", "unet", 256, "bf16", 32, LITE2),
     ("segjax", "unet", 512, "bf16", 32, {}),

@@ -18,7 +18,14 @@ from segjax.errors import UserError
 from segjax.models import pretrained, weight_files
 from segjax.models.builder import create_model, total_stride
 from segjax.models.encoders import EfficientNetLiteClassifier, ResNetClassifier
-from segjax.models.layers import depthwise_conv, depthwise_native, depthwise_shifted
+from segjax.models.layers import (
+    depthwise_conv,
+    depthwise_native,
+    depthwise_shifted,
+    grouped_conv,
+    grouped_native,
+    grouped_shifted,
+)
 from segjax.models.registry import ENCODERS
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -198,6 +205,20 @@ def test_shifted_depthwise_equals_the_grouped_convolution_with_gradients(stride,
     np.testing.assert_allclose(
         jax.jit(depthwise_conv, static_argnums=2)(x, w, stride), shifted(x, w), atol=2e-6
     )
+    loss = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
+    for a, b in zip(loss(shifted), loss(native), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride, groups", [(1, 4), (2, 4), (2, 1)])
+def test_shifted_grouped_convolution_equals_the_native_one_with_gradients(stride, groups):
+    x = jax.random.normal(jax.random.key(0), (2, 11, 8, 8))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 8 // groups, 12))
+    native = lambda x, w: grouped_native(x, w, stride, groups)
+    shifted = lambda x, w: grouped_shifted(x, w, stride, groups)
+    np.testing.assert_allclose(shifted(x, w), native(x, w), rtol=1e-5, atol=1e-5)
+    run = jax.jit(grouped_conv, static_argnums=(2, 3))  # on CPU: the shifted form
+    np.testing.assert_allclose(run(x, w, stride, groups), shifted(x, w), atol=2e-6)
     loss = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
     for a, b in zip(loss(shifted), loss(native), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -16,7 +16,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import ConvBlock, DepthwiseConv, level_block, max_pool_2x2, param_dtype
+from segjax.models.layers import (
+    ConvBlock,
+    DepthwiseConv,
+    GroupedConv,
+    level_block,
+    max_pool_2x2,
+    param_dtype,
+)
 
 
 class ScratchEncoder(nn.Module):
@@ -372,14 +379,10 @@ class Bottleneck(nn.Module):
         width = self.features * self.base_width // 64 * self.groups
         out = 4 * self.features
         y = nn.relu(norm("bn1")(conv(width, (1, 1), name="conv1")(x)))
-        y = conv(
-            width,
-            (3, 3),
-            self.stride,
-            padding=((1, 1), (1, 1)),
-            feature_group_count=self.groups,
-            name="conv2",
-        )(y)
+        if self.groups == 1:
+            y = conv(width, (3, 3), self.stride, padding=((1, 1), (1, 1)), name="conv2")(y)
+        else:
+            y = GroupedConv(width, 3, self.stride, self.groups, self.dtype, name="conv2")(y)
         y = nn.relu(norm("bn2")(y))
         y = norm("bn3")(conv(out, (1, 1), name="conv3")(y))
         if self.stride != 1 or x.shape[-1] != out:

@@ -279,6 +279,70 @@ class DepthwiseConv(nn.Module):
         return y
 
 
+def grouped_native(x_BxHxWxC: jax.Array, kernel_KxKxCgxO: jax.Array, stride: int, groups: int):
+    k = kernel_KxKxCgxO.shape[0]
+    return jax.lax.conv_general_dilated(
+        x_BxHxWxC,
+        kernel_KxKxCgxO,
+        (stride, stride),
+        ((k // 2, k // 2),) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+def grouped_shifted(x_BxHxWxC: jax.Array, kernel_KxKxCgxO: jax.Array, stride: int, groups: int):
+    """The sum over the k*k taps of a shifted input times each group's [Cg, O/G] matrix (one
+    batched matmul per tap; symmetric padding k // 2)."""
+    k, _, cg, out = kernel_KxKxCgxO.shape
+    b, h, w, _ = x_BxHxWxC.shape
+    x = jnp.pad(x_BxHxWxC, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+    oh = (h + 2 * (k // 2) - k) // stride + 1
+    ow = (w + 2 * (k // 2) - k) // stride + 1
+    # [k, k, Cg, G * Og] (output channels group-major, as nn.Conv's groups) -> [k, k, G, Cg, Og]
+    kernel = kernel_KxKxCgxO.reshape(k, k, cg, groups, out // groups).transpose(0, 1, 3, 2, 4)
+    total = None
+    for i in range(k):
+        for j in range(k):
+            tap = x[
+                :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
+            ]
+            term = jnp.einsum("bhwgc,gco->bhwgo", tap.reshape(b, oh, ow, groups, cg), kernel[i, j])
+            total = term if total is None else total + term
+    return total.reshape(b, oh, ow, out)
+
+
+def grouped_conv(
+    x_BxHxWxC: jax.Array, kernel_KxKxCgxO: jax.Array, stride: int, groups: int
+) -> jax.Array:
+    """A k x k grouped convolution (ResNeXt's), symmetric padding: on CPU as shifted per-group
+    matmuls (XLA:CPU's grouped convolution took 47 s a step for ResNeXt-50's UNet at 192x128,
+    batch 8, against 2 s for ResNet-50's), elsewhere the native grouped convolution."""
+    native = functools.partial(grouped_native, stride=stride, groups=groups)
+    shifted = functools.partial(grouped_shifted, stride=stride, groups=groups)
+    return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKxCgxO, cpu=shifted, default=native)
+
+
+class GroupedConv(nn.Module):
+    """`nn.Conv(features, (k, k), strides, padding=k // 2, feature_group_count=groups,
+    use_bias=False)`: the same kernel [k, k, C / groups, features], run by `grouped_conv`."""
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    groups: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel_size, self.kernel_size, x.shape[-1] // self.groups, self.features)
+        init = nn.initializers.lecun_normal()
+        kernel = self.param("kernel", init, shape, param_dtype(self.dtype))
+        return grouped_conv(
+            x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.groups
+        )
+
+
 def upsample_nearest(x_BxHxWxC: jax.Array) -> jax.Array:
     """2x nearest-neighbour upsampling."""
     return jnp.repeat(jnp.repeat(x_BxHxWxC, 2, axis=1), 2, axis=2)
