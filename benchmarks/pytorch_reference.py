@@ -65,26 +65,21 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-class TimmUNet(nn.Module):
-    """A timm encoder (features at strides 2..32, random init) + the same SMP-like decoder:
-    segjax's `--encoder resnet50 --features 16 --upsample nearest` and the like."""
+class SmpUNet(nn.Module):
+    """An SMP-like decoder (nearest upsampling, two conv-BN-ReLU per stage) on an encoder whose
+    `features(x)` gives its skips at strides 2..16 and its stride-32 feature."""
 
-    def __init__(self, name: str, decoder=(256, 128, 64, 32, 16)):
+    def __init__(self, channels: list[int], decoder=(256, 128, 64, 32, 16)):
         super().__init__()
-        import timm
-
-        self.encoder = timm.create_model(name, features_only=True, pretrained=False)
-        assert self.encoder.feature_info.reduction() == [2, 4, 8, 16, 32], name
-        skips = self.encoder.feature_info.channels()
-        ins = [skips[-1], *decoder[:-1]]
-        extra = [*reversed(skips[:-1]), 0]
+        ins = [channels[-1], *decoder[:-1]]
+        extra = [*reversed(channels[:-1]), 0]
         self.blocks = nn.ModuleList(
             [block(i + e, o) for i, e, o in zip(ins, extra, decoder, strict=True)]
         )
         self.head = nn.Conv2d(decoder[-1], 1, 1)
 
     def forward(self, x):
-        *skips, x = self.encoder(x)
+        skips, x = self.features(x)
         for blk in self.blocks:
             x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
             if skips:
@@ -93,23 +88,33 @@ class TimmUNet(nn.Module):
         return self.head(x)
 
 
-class Lite0UNet(nn.Module):
+class TimmUNet(SmpUNet):
+    """A timm encoder (features at strides 2..32, random init) + the SMP-like decoder:
+    segjax's `--encoder resnet50 --features 16 --upsample nearest` and the like."""
+
+    def __init__(self, name: str):
+        import timm
+
+        encoder = timm.create_model(name, features_only=True, pretrained=False)
+        assert encoder.feature_info.reduction() == [2, 4, 8, 16, 32], name
+        super().__init__(encoder.feature_info.channels())
+        self.encoder = encoder
+
+    def features(self, x):
+        *skips, x = self.encoder(x)
+        return skips, x
+
+
+class Lite0UNet(SmpUNet):
     """EfficientNet-Lite0 encoder (random init: the speed is the same) + SMP-like decoder."""
 
-    def __init__(self, decoder=(256, 128, 64, 32, 16)):
-        super().__init__()
+    def __init__(self):
         from efficientnet_lite_pytorch import EfficientNet
 
+        super().__init__([16, 24, 40, 112, 320])  # channels at strides 2, 4, 8, 16, 32
         self.encoder = EfficientNet.from_name("efficientnet-lite0")
-        skips = [16, 24, 40, 112]  # channels at strides 2, 4, 8, 16; 320 at stride 32
-        ins = [320, *decoder[:-1]]
-        extra = [*reversed(skips), 0]
-        self.blocks = nn.ModuleList(
-            [block(i + e, o) for i, e, o in zip(ins, extra, decoder, strict=True)]
-        )
-        self.head = nn.Conv2d(decoder[-1], 1, 1)
 
-    def forward(self, x):
+    def features(self, x):
         enc = self.encoder
         x = enc._swish(enc._bn0(enc._conv_stem(x)))
         skips = []
@@ -117,12 +122,7 @@ class Lite0UNet(nn.Module):
             if b._block_args.stride == 2 or b._block_args.stride == [2]:
                 skips.append(x)
             x = b(x)
-        for blk in self.blocks:
-            x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
-            if skips:
-                x = torch.cat([skips.pop(), x], dim=1)
-            x = blk(x)
-        return self.head(x)
+        return skips, x
 
 
 def loss_fn(logits, masks):

@@ -17,7 +17,7 @@ from segjax.config import ModelConfig, RunOptions
 from segjax.errors import UserError
 from segjax.models import pretrained, weight_files
 from segjax.models.builder import create_model, total_stride
-from segjax.models.encoders import EfficientNetLiteClassifier, ResNetClassifier
+from segjax.models.encoders import EfficientNetClassifier, ResNetClassifier
 from segjax.models.layers import (
     depthwise_conv,
     depthwise_native,
@@ -89,7 +89,7 @@ def test_lite_with_imagenet_weights_reproduces_pytorch_logits(encoder, depth, si
     x = np.random.default_rng(0).uniform(0, 1, (1, size, size, 3))
     x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     with jax.enable_x64(True):
-        model = EfficientNetLiteClassifier(depth=depth, dtype=jnp.float64)
+        model = EfficientNetClassifier(depth=depth, dtype=jnp.float64, lite=True)
         template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(x)))
         path = pretrained.weights_file(encoder, "imagenet")
         variables = pretrained.map_state_dict(
@@ -101,10 +101,13 @@ def test_lite_with_imagenet_weights_reproduces_pytorch_logits(encoder, depth, si
 
 
 def draw(key: str, shape: tuple[int, ...]) -> np.ndarray:
-    """benchmarks/reference_logits.py's seeded weights of one ResNet tensor."""
+    """The seeded value of one tensor, as benchmarks/reference_logits.py and
+    benchmarks/timm_reference.py draw it."""
     rng = np.random.default_rng(zlib.crc32(key.encode()))
     if key.endswith("running_var") or (key.endswith(".weight") and len(shape) == 1):
         return rng.uniform(0.5, 1.5, shape)
+    if key.endswith("num_batches_tracked"):
+        return np.zeros(shape)
     if len(shape) == 1:
         return rng.normal(0.0, 0.1, shape)
     return rng.normal(0.0, np.sqrt(2.0 / int(np.prod(shape[1:]))), shape)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import zlib
 from pathlib import Path
 
 import jax
@@ -25,6 +24,7 @@ from segjax.models.builder import create_model
 from segjax.models.convnext import ConvNeXtClassifier
 from segjax.models.encoders import EfficientNetClassifier, ResNetClassifier
 from segjax.models.registry import ENCODERS
+from tests.test_pretrained import draw
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = json.loads((DATA / "timm_reference.json").read_text())["models"]
@@ -38,18 +38,6 @@ CLASSIFIERS = {
     "efficientnet-b0": lambda: EfficientNetClassifier(1.0, 1.0, dtype=jnp.float64),
     "convnext-tiny": lambda: ConvNeXtClassifier((3, 3, 9, 3), dtype=jnp.float64),
 }
-
-
-def draw(key: str, shape: tuple[int, ...]) -> np.ndarray:
-    """benchmarks/timm_reference.py's seeded value of one tensor."""
-    rng = np.random.default_rng(zlib.crc32(key.encode()))
-    if key.endswith("running_var") or (key.endswith(".weight") and len(shape) == 1):
-        return rng.uniform(0.5, 1.5, shape)
-    if key.endswith("num_batches_tracked"):
-        return np.zeros(shape)
-    if len(shape) == 1:
-        return rng.normal(0.0, 0.1, shape)
-    return rng.normal(0.0, np.sqrt(2.0 / int(np.prod(shape[1:]))), shape)
 
 
 class Reads(dict):

@@ -94,14 +94,6 @@ LITE_STAGES = (
 )
 
 
-def lite_blocks(width: float, depth: float) -> list[tuple[int, int, int, int, int]]:
-    """Every MBConv block of an EfficientNet-Lite: (kernel, stride, expansion, in, out).
-
-    Lite keeps the stem, the first and the last stage unscaled (as the reference code does).
-    """
-    return [spec for _, spec in stage_blocks(width, depth, lite=True)]
-
-
 def stage_blocks(width: float, depth: float, lite: bool) -> list[tuple[int, tuple]]:
     """(stage, (kernel, stride, expansion, in, out)) of every MBConv block of an EfficientNet:
     each stage's repeats scaled by `depth` (rounded up) and channels by `width`. Lite keeps the
@@ -185,137 +177,93 @@ ENCODER_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite (ReLU6, no squeeze-excite) as an encoder.
-
-    Features at strides 2, 4, 8, 16 and 32: the last block's output at each stride. The
-    classifier head lives in `EfficientNetLiteClassifier`.
-    """
-
-    width: float = 1.0
-    depth: float = 1.0
-    bn_frozen: bool = False
-    dtype: jnp.dtype = jnp.float32
-
-    stride = 32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array | None]:
-        norm = functools.partial(_batch_norm, train, self.bn_frozen, 0.99, 1e-3, self.dtype)
-        x = nn.Conv(
-            32,
-            (3, 3),
-            strides=2,
-            padding="SAME",  # TensorFlow's SAME, as the reference's static padding
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=param_dtype(self.dtype),
-            name="stem_conv",
-        )(x.astype(self.dtype))
-        x = nn.relu6(norm("stem_bn")(x))
-        features: list[jax.Array | None] = [None]  # nothing at stride 1
-        for i, spec in enumerate(lite_blocks(self.width, self.depth)):
-            if spec[1] == 2:  # the last output at each stride is that stride's feature
-                features.append(x)
-            x = MBConv(*spec, bn_frozen=self.bn_frozen, dtype=self.dtype, name=f"block{i}")(
-                x, train=train
-            )
-        return [*features, x]
-
-
-class EfficientNetLiteClassifier(nn.Module):
-    """The full ImageNet classifier (encoder + 1x1 conv to 1280 + pooling + dense), used to check
-    that pretrained weights load right."""
-
-    width: float = 1.0
-    depth: float = 1.0
-    classes: int = 1000
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        feature = EfficientNetLite(self.width, self.depth, dtype=self.dtype, name="encoder")(
-            x, train=False
-        )[-1]
-        pdtype = param_dtype(self.dtype)
-        y = nn.Conv(1280, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=pdtype)(feature)
-        y = nn.relu6(_batch_norm(False, False, 0.99, 1e-3, self.dtype, "head_bn")(y))
-        return nn.Dense(self.classes, dtype=self.dtype, param_dtype=pdtype, name="fc")(
-            jnp.mean(y, axis=(1, 2))
-        )
-
-
 class EfficientNet(nn.Module):
     """timm's EfficientNet-B0..B5 (`efficientnet_b*`: SiLU, squeeze-excite, PyTorch's symmetric
-    padding; stem, first and last stage scaled too) as an encoder.
+    padding, BatchNorm eps 1e-5; stem, first and last stage scaled too) or, with `lite`,
+    EfficientNet-Lite (ReLU6, no squeeze-excite, TensorFlow's "SAME" padding as the reference's
+    static padding, eps 1e-3; stem, first and last stage unscaled) as an encoder.
 
-    Features at strides 2, 4, 8, 16 and 32: the last block's output at each stride, as
-    `EfficientNetLite`, with which it shares the blocks. No stochastic depth.
+    Features at strides 2, 4, 8, 16 and 32: the last block's output at each stride. No
+    stochastic depth. The classifier head lives in `EfficientNetClassifier`.
     """
 
     width: float = 1.0
     depth: float = 1.0
     bn_frozen: bool = False
     dtype: jnp.dtype = jnp.float32
+    lite: bool = False
 
     stride = 32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array | None]:
-        norm = functools.partial(_batch_norm, train, self.bn_frozen, 0.9, 1e-5, self.dtype)
+        bn = (0.99, 1e-3) if self.lite else (0.9, 1e-5)
+        norm = functools.partial(_batch_norm, train, self.bn_frozen, *bn, self.dtype)
+        act = "relu6" if self.lite else "silu"
         x = nn.Conv(
-            round_filters(32, self.width),
+            32 if self.lite else round_filters(32, self.width),
             (3, 3),
             strides=2,
-            padding=((1, 1), (1, 1)),
+            padding="SAME" if self.lite else ((1, 1), (1, 1)),
             use_bias=False,
             dtype=self.dtype,
             param_dtype=param_dtype(self.dtype),
             name="stem_conv",
         )(x.astype(self.dtype))
-        x = nn.silu(norm("stem_bn")(x))
-        features: list[jax.Array | None] = [None]
+        x = ENCODER_ACTIVATIONS[act](norm("stem_bn")(x))
+        features: list[jax.Array | None] = [None]  # nothing at stride 1
         index: dict[int, int] = {}
-        for stage, spec in stage_blocks(self.width, self.depth, lite=False):
-            if spec[1] == 2:
+        for i, (stage, spec) in enumerate(stage_blocks(self.width, self.depth, self.lite)):
+            if spec[1] == 2:  # the last output at each stride is that stride's feature
                 features.append(x)
             index[stage] = index.get(stage, -1) + 1
             x = MBConv(
                 *spec,
                 bn_frozen=self.bn_frozen,
                 dtype=self.dtype,
-                activation="silu",
-                se_channels=max(1, round(spec[3] * 0.25)),
-                padding="SYMMETRIC",
-                bn=(0.9, 1e-5),
-                name=f"stage{stage}_block{index[stage]}",
+                activation=act,
+                se_channels=0 if self.lite else max(1, round(spec[3] * 0.25)),
+                padding="SAME" if self.lite else "SYMMETRIC",
+                bn=bn,
+                name=f"block{i}" if self.lite else f"stage{stage}_block{index[stage]}",
             )(x, train=train)
         return [*features, x]
 
 
+class EfficientNetLite(EfficientNet):
+    """EfficientNet-Lite0..4 (`EfficientNet` with `lite`)."""
+
+    lite: bool = True
+
+
 class EfficientNetClassifier(nn.Module):
-    """timm's EfficientNet-B with its ImageNet head (1x1 conv to 1280 x width, BatchNorm, SiLU,
-    pooling, dense), to check that weights load right."""
+    """The full ImageNet classifier (encoder, 1x1 conv to 1280 (x width for B), BatchNorm,
+    activation, pooling, dense), used to check that pretrained weights load right."""
 
     width: float = 1.0
     depth: float = 1.0
     classes: int = 1000
     dtype: jnp.dtype = jnp.float32
+    lite: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        encoder = EfficientNet(self.width, self.depth, dtype=self.dtype, name="encoder")
+        encoder = EfficientNet(
+            self.width, self.depth, dtype=self.dtype, lite=self.lite, name="encoder"
+        )
         feature = encoder(x, train=False)[-1]
         pdtype = param_dtype(self.dtype)
         y = nn.Conv(
-            round_filters(1280, self.width),
+            1280 if self.lite else round_filters(1280, self.width),
             (1, 1),
             use_bias=False,
             dtype=self.dtype,
             param_dtype=pdtype,
             name="head_conv",
         )(feature)
-        y = nn.silu(_batch_norm(False, False, 0.9, 1e-5, self.dtype, "head_bn")(y))
+        bn = (0.99, 1e-3) if self.lite else (0.9, 1e-5)
+        y = _batch_norm(False, False, *bn, self.dtype, "head_bn")(y)
+        y = ENCODER_ACTIVATIONS["relu6" if self.lite else "silu"](y)
         return nn.Dense(self.classes, dtype=self.dtype, param_dtype=pdtype, name="fc")(
             jnp.mean(y, axis=(1, 2))
         )

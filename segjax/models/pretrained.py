@@ -106,7 +106,7 @@ def _lite_name(path: tuple[str, ...]) -> str:
     head = {
         "stem_conv": "_conv_stem",
         "stem_bn": "_bn0",
-        "Conv_0": "_conv_head",
+        "head_conv": "_conv_head",
         "head_bn": "_bn1",
         "fc": "_fc",
     }
