@@ -166,8 +166,14 @@ def test_gradients_match_finite_differences_in_float64(arch):
             )
             return jnp.sum(jnp.tanh(out))
 
-        check_grads(
-            f, (variables["params"],), order=1, modes=["rev"], eps=1e-6, atol=1e-4, rtol=1e-4
+        check_grads(  # jitted: the eager model's op-by-op dispatch took most of the time
+            jax.jit(f),
+            (variables["params"],),
+            order=1,
+            modes=["rev"],
+            eps=1e-6,
+            atol=1e-4,
+            rtol=1e-4,
         )
 
 
@@ -183,7 +189,7 @@ def test_every_parameter_receives_a_gradient_from_bce_dice(arch):
         )
         return losses.bce(logits, masks) + losses.dice(logits, masks)
 
-    grads = jax.grad(loss)(variables["params"])
+    grads = jax.jit(jax.grad(loss))(variables["params"])
     flat = jax.tree_util.tree_leaves_with_path(grads)
     dead = [jax.tree_util.keystr(path) for path, g in flat if not jnp.any(g != 0)]
     assert not dead, f"parameters without gradient: {dead}"
