@@ -60,7 +60,10 @@ def encoder_shapes(encoder: str) -> dict:
     return {k: v["encoder"] for k, v in shapes.items() if "encoder" in v}
 
 
-@pytest.mark.parametrize("encoder", sorted(REFERENCE))
+@pytest.mark.parametrize(
+    "encoder",
+    [e if e in CLASSIFIERS else pytest.param(e, marks=pytest.mark.slow) for e in sorted(REFERENCE)],
+)
 def test_every_timm_tensor_maps_onto_the_encoder_and_the_parameter_counts_equal(encoder):
     """Each timm tensor outside the head fills exactly one encoder leaf of the same shape."""
     ref = REFERENCE[encoder]
