@@ -148,3 +148,12 @@ def test_the_hub_download_failing_offline_says_how_to_attach_the_file(monkeypatc
     hub.hf_hub_download = lambda repo_id, filename: fetched.append((repo_id, filename)) or "/c/f"
     path = pretrained.weights_file("convnext-tiny", "hf-hub:timm/convnext_tiny.fb_in1k")
     assert (path, fetched) == (Path("/c/f"), [("timm/convnext_tiny.fb_in1k", "model.safetensors")])
+
+
+def test_freezing_batchnorm_of_an_encoder_without_it_is_refused():
+    from segjax.models.builder import check_model
+
+    check_model(ModelConfig(encoder="convnext-tiny"))
+    with pytest.raises(UserError, match="--encoder convnext-tiny has no BatchNorm"):
+        check_model(ModelConfig(encoder="convnext-tiny", encoder_bn="frozen"))
+    check_model(ModelConfig(encoder="resnet50", encoder_bn="frozen"))

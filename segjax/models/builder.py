@@ -61,6 +61,11 @@ def check_model(config: ModelConfig) -> None:
             f"--arch {config.arch} takes only --encoder scratch (its encoder is part of the "
             f"design); with --encoder {config.encoder} use --arch {usable}"
         )
+    if config.encoder_bn == "frozen" and not ENCODERS[config.encoder].batch_norm:
+        raise UserError(
+            f"--encoder-bn frozen: --encoder {config.encoder} has no BatchNorm (it uses "
+            "LayerNorm); leave --encoder-bn at train"
+        )
 
 
 def total_stride(config: ModelConfig) -> int:

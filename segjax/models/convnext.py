@@ -47,8 +47,8 @@ class ConvNeXtBlock(nn.Module):
 class ConvNeXt(nn.Module):
     """Features at strides 4, 8, 16 and 32 (after each stage); none at 1 and 2.
 
-    `bn_frozen` is accepted for the encoders' common signature: ConvNeXt has no BatchNorm.
-    No stochastic depth.
+    `bn_frozen` is accepted for the encoders' common signature: ConvNeXt has no BatchNorm
+    (its registry entry says so, and `--encoder-bn frozen` is refused). No stochastic depth.
     """
 
     depths: tuple[int, ...] = (3, 3, 9, 3)

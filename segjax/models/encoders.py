@@ -94,8 +94,9 @@ LITE_STAGES = (
 )
 
 
-def stage_blocks(width: float, depth: float, lite: bool) -> list[tuple[int, tuple]]:
-    """(stage, (kernel, stride, expansion, in, out)) of every MBConv block of an EfficientNet:
+def stage_blocks(width: float, depth: float, lite: bool) -> list[tuple[int, int, tuple]]:
+    """(stage, index in the stage, (kernel, stride, expansion, in, out)) of every MBConv block
+    of an EfficientNet:
     each stage's repeats scaled by `depth` (rounded up) and channels by `width`. Lite keeps the
     stem, the first and the last stage unscaled; timm's `efficientnet_b*` scales them all."""
     blocks = []
@@ -107,7 +108,7 @@ def stage_blocks(width: float, depth: float, lite: bool) -> list[tuple[int, tupl
         repeats = repeats if fixed else int(math.ceil(depth * repeats))
         for r in range(repeats):
             spec = (kernel, stride if r == 0 else 1, expand, cin if r == 0 else cout, cout)
-            blocks.append((i, spec))
+            blocks.append((i, r, spec))
     return blocks
 
 
@@ -212,11 +213,9 @@ class EfficientNet(nn.Module):
         )(x.astype(self.dtype))
         x = ENCODER_ACTIVATIONS[act](norm("stem_bn")(x))
         features: list[jax.Array | None] = [None]  # nothing at stride 1
-        index: dict[int, int] = {}
-        for i, (stage, spec) in enumerate(stage_blocks(self.width, self.depth, self.lite)):
+        for i, (stage, r, spec) in enumerate(stage_blocks(self.width, self.depth, self.lite)):
             if spec[1] == 2:  # the last output at each stride is that stride's feature
                 features.append(x)
-            index[stage] = index.get(stage, -1) + 1
             x = MBConv(
                 *spec,
                 bn_frozen=self.bn_frozen,
@@ -225,7 +224,7 @@ class EfficientNet(nn.Module):
                 se_channels=0 if self.lite else max(1, round(spec[3] * 0.25)),
                 padding="SAME" if self.lite else "SYMMETRIC",
                 bn=bn,
-                name=f"block{i}" if self.lite else f"stage{stage}_block{index[stage]}",
+                name=f"block{i}" if self.lite else f"stage{stage}_block{r}",
             )(x, train=train)
         return [*features, x]
 

@@ -217,24 +217,36 @@ def depthwise_native(
     )
 
 
+def shifted_taps(x_BxHxWxC: jax.Array, k: int, stride: int, pads):
+    """(i, j, the strided window of the padded input under kernel tap (i, j)) for the k*k taps
+    of a k x k convolution: summing tap-wise products gives the convolution."""
+    x = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
+    oh = (x.shape[1] - k) // stride + 1
+    ow = (x.shape[2] - k) // stride + 1
+    for i in range(k):
+        for j in range(k):
+            yield (
+                i,
+                j,
+                x[
+                    :,
+                    i : i + stride * (oh - 1) + 1 : stride,
+                    j : j + stride * (ow - 1) + 1 : stride,
+                ],
+            )
+
+
 def depthwise_shifted(
     x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, padding: str = "SAME"
 ):
     """The sum of k*k shifted, per-channel-scaled copies of the input."""
     k = kernel_KxKx1xC.shape[0]
     pads = depthwise_pads(x_BxHxWxC, k, stride, padding)
-    x = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
-    oh = (x.shape[1] - k) // stride + 1
-    ow = (x.shape[2] - k) // stride + 1
-    out = None
-    for i in range(k):
-        for j in range(k):
-            tap = x[
-                :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
-            ]
-            term = tap * kernel_KxKx1xC[i, j][None, None]  # [1, 1, 1, C]: per channel
-            out = term if out is None else out + term
-    return out
+    terms = (
+        tap * kernel_KxKx1xC[i, j][None, None]  # [1, 1, 1, C]: per channel
+        for i, j, tap in shifted_taps(x_BxHxWxC, k, stride, pads)
+    )
+    return functools.reduce(jnp.add, terms)
 
 
 def depthwise_conv(
@@ -295,21 +307,14 @@ def grouped_shifted(x_BxHxWxC: jax.Array, kernel_KxKxCgxO: jax.Array, stride: in
     """The sum over the k*k taps of a shifted input times each group's [Cg, O/G] matrix (one
     batched matmul per tap; symmetric padding k // 2)."""
     k, _, cg, out = kernel_KxKxCgxO.shape
-    b, h, w, _ = x_BxHxWxC.shape
-    x = jnp.pad(x_BxHxWxC, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
-    oh = (h + 2 * (k // 2) - k) // stride + 1
-    ow = (w + 2 * (k // 2) - k) // stride + 1
     # [k, k, Cg, G * Og] (output channels group-major, as nn.Conv's groups) -> [k, k, G, Cg, Og]
     kernel = kernel_KxKxCgxO.reshape(k, k, cg, groups, out // groups).transpose(0, 1, 3, 2, 4)
-    total = None
-    for i in range(k):
-        for j in range(k):
-            tap = x[
-                :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
-            ]
-            term = jnp.einsum("bhwgc,gco->bhwgo", tap.reshape(b, oh, ow, groups, cg), kernel[i, j])
-            total = term if total is None else total + term
-    return total.reshape(b, oh, ow, out)
+    terms = (
+        jnp.einsum("bhwgc,gco->bhwgo", tap.reshape(*tap.shape[:3], groups, cg), kernel[i, j])
+        for i, j, tap in shifted_taps(x_BxHxWxC, k, stride, ((k // 2, k // 2),) * 2)
+    )
+    total = functools.reduce(jnp.add, terms)
+    return total.reshape(*total.shape[:3], out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

@@ -22,6 +22,7 @@ class Encoder:
     family: str = ""  # how its PyTorch weight names map (models.pretrained.MAPPERS); "": none
     package: tuple[str, str] | None = None  # (import name, file in it) of its ImageNet weights
     hub: str = ""  # the Hugging Face model whose model.safetensors has its ImageNet weights
+    batch_norm: bool = True  # has BatchNorm (what --encoder-bn frozen keeps)
 
 
 # timm's efficientnet_b0..b5: (width, depth) multipliers and the Hub model with ImageNet weights.
@@ -100,12 +101,14 @@ ENCODERS = {
         stride=32,
         family="convnext",
         hub="timm/convnext_tiny.in12k_ft_in1k",
+        batch_norm=False,
     ),
     "convnext-small": Encoder(
         functools.partial(ConvNeXt, depths=(3, 3, 27, 3)),
         stride=32,
         family="convnext",
         hub="timm/convnext_small.fb_in1k",
+        batch_norm=False,
     ),
 }
 

@@ -156,13 +156,14 @@ def load_pretrained(state: TrainState, config: Config, mesh) -> tuple[TrainState
     """Put the pretrained encoder's weights into a fresh state; also return their source
     (the file and its sha256; "" when there is nothing to load)."""
     m = config.model
-    if pretrained.weights_file(m.encoder, m.encoder_weights) is None:
+    path = pretrained.weights_file(m.encoder, m.encoder_weights)
+    if path is None:
         return state, ""
     template = {"params": state.params["encoder"]}
     if "encoder" in state.batch_stats:  # ConvNeXt has no BatchNorm
         template["batch_stats"] = state.batch_stats["encoder"]
     template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
-    loaded, source = pretrained.load_encoder(m.encoder, m.encoder_weights, template)
+    loaded, source = pretrained.load_file(m.encoder, path, template)
     loaded = jax.device_put(loaded, parallel.replicated(mesh))
     state = state.replace(params={**state.params, "encoder": loaded["params"]})
     if "batch_stats" in loaded:
