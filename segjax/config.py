@@ -210,6 +210,17 @@ class TrainConfig:
         "augmentation: none; basic (flip, scale/crop, rotation); strong (+ colour, noise)",
         ("none", "basic", "strong"),
     )
+    small_size: tuple[int, ...] = option(
+        (),
+        "progressive resizing: train the first --small-fraction of the epochs at this smaller "
+        "size (N or HxW; the augmented batch is resized), then at --image-size",
+        metavar="HxW",
+    )
+    small_fraction: float = option(
+        0.4,
+        "with --small-size: the share of the epochs trained at it",
+        valid=Range(0, 1, low_open=True, high_open=True),
+    )
     seed: int = option(0, "model init, augmentation, dropout and batch order", valid=NON_NEGATIVE)
     early_stop: int = option(
         0, "stop after N epochs without a better val Dice (0 = off)", valid=NON_NEGATIVE
@@ -297,6 +308,8 @@ class RunFacts:
     std: tuple[float, ...] = ()  # per-channel std in [0, 1]
     dtype: str = "float32"  # the model's compute dtype, from --precision
     epochs: int = 0  # the epochs the schedule spans (a --time-budget plan); 0: not started
+    steps: int = 0  # the steps it spans when a plan cuts the last epoch; 0: epochs x batches
+    small_epochs: int = 0  # progressive resizing: the first epochs, trained at --small-size
     encoder_source: str = ""  # the pretrained weights file read at the start, and its sha256
 
     def to_dict(self) -> dict[str, Any]:
@@ -330,8 +343,9 @@ class RunOptions:
     time_budget: float | None = option(
         None,
         "minutes for the whole command (decoding, compiling, training, tuning), counted from its "
-        "start: the epochs that fit are planned once, before the first update (with --epochs "
-        "too, the smaller wins); with --fold all, for all folds together",
+        "start: the steps that fit are planned before the first update and again after each "
+        "epoch (the last epoch may stop part-way; with --epochs too, the smaller wins); with "
+        "--fold all, for all folds together",
         metavar="MINUTES",
         valid=POSITIVE,
     )

@@ -391,11 +391,16 @@ def test_training_traces_each_step_function_once(demo_dir, tmp_path):
     }
 
 
-def test_plan_epochs_fits_whole_epochs_after_the_tuning_reserve():
-    assert budget.plan_epochs(600, 50, 95, done=0, most=100) == 10  # (600 - 95) // 50
-    assert budget.plan_epochs(600, 50, 95, done=0, most=4) == 4  # --epochs is smaller: it wins
-    assert budget.plan_epochs(600, 50, 95, done=3, most=100) == 13  # a resume: 10 more
-    assert budget.plan_epochs(20, 50, 95, done=0, most=100) == 1  # nothing fits: one epoch
+def test_plan_steps_fills_the_time_and_may_cut_the_last_epoch():
+    timing = budget.Timing(step_s=1.0, overhead_s=5.0, val_s=0.0, compile_s=0.0)
+    # 6 epochs of 10 steps and 5 steps of a 7th: 65 steps + 7 closings x 5 s = 100 s.
+    assert budget.plan_steps(100, timing, at=0, spe=10, most=1000) == 65
+    assert budget.plan_steps(100, timing, at=0, spe=10, most=30) == 30  # --epochs 3 wins
+    # From the middle of an epoch (a resumed stop): 65 more steps, 7 closings, at an epoch end.
+    assert budget.plan_steps(100, timing, at=15, spe=10, most=1000) == 80
+    assert budget.plan_steps(3, timing, at=20, spe=10, most=1000) == 20  # not one step fits
+    assert budget.describe_plan(65, 10) == "7 epochs (the last 5 of 10 batches)"
+    assert budget.describe_plan(60, 10) == "6 epochs"
 
 
 class StepClock:
@@ -413,19 +418,59 @@ class StepClock:
 def test_a_run_that_falls_behind_its_budget_stops_after_the_last_epoch_that_fits(
     tiny_config, tmp_path, monkeypatch, capsys
 ):
-    # Planning: 10 s an epoch, a 16.2 s reserve for tuning (10 + 5 x 1 s + 0.15 x 8 images);
-    # the clock reads 10 s later each time, so an epoch seems to take 10 s and the plan, at
-    # t = 10 of 60, is 3 epochs. After epoch 1 (t = 40), another would end past 60: stop.
-    monkeypatch.setattr(budget, "measure", lambda setup, state, clock: budget.Timing(10, 1, 0))
+    # Measured before training: 1 s a step, 2 s to close an epoch; a 16.2 s reserve for tuning
+    # (10 + 5 x 1 s + 0.15 x 8 images). The clock reads 10 s later each time, so the plan, at
+    # t = 20 of 70, is 25 steps (3 epochs of 8 and one step of a 4th). Epoch 1 then seems to
+    # take 20 s; at t = 60 nothing more fits: stop.
+    timing = budget.Timing(step_s=1.0, overhead_s=2.0, val_s=1.0, compile_s=0.0)
+    monkeypatch.setattr(budget, "measure", lambda setup, state, clock: timing)
     config = replace(tiny_config, train={"epochs": 6})
     row = loop.fit(
         config, tmp_path / "run", RunOptions(progress=False, time_budget=1), clock=StepClock(10)
     )
     assert row["budget"] and row["epoch"] == 1
-    assert run_folder.read_facts(tmp_path / "run").epochs == 3  # the plan is saved
+    facts = run_folder.read_facts(tmp_path / "run")
+    assert (facts.epochs, facts.steps) == (4, 25)  # the plan is saved
     out = capsys.readouterr().out
-    assert "time budget 1 min: 3 epochs planned" in out
-    assert "time budget: stopping after epoch 1 of 3" in out
+    assert "time budget 1 min: 4 epochs (the last 1 of 8 batches) planned" in out
+    assert "time budget: stopping after epoch 1 of 4" in out
+
+
+@pytest.mark.slow
+def test_the_budget_is_planned_again_after_each_epoch_and_the_last_epoch_cut(
+    tiny_config, tmp_path, monkeypatch, capsys
+):
+    # A 30 s budget on a clock that reads 1 s later each time (started at 1: the deadline is
+    # 31); 0.125 s a step and 1 s to close an epoch, an 11.2 s reserve. Planned at t = 2: 70
+    # steps. Each epoch then reads the clock 4 times (4 s where 2 s were planned), so every
+    # epoch's re-plan is shorter: 62, 54, 46, then 38 steps after epoch 4 (t = 18): the fifth
+    # epoch stops after 6 of its 8 batches, closes, and the run ends on its plan.
+    timing = budget.Timing(step_s=0.125, overhead_s=1.0, val_s=0.0, compile_s=0.0)
+    monkeypatch.setattr(budget, "measure", lambda setup, state, clock: timing)
+    config = replace(tiny_config, train={"epochs": 20})
+    run = tmp_path / "run"
+    row = loop.fit(config, run, RunOptions(progress=False, time_budget=0.5), clock=StepClock(1))
+    out = capsys.readouterr().out
+    assert "time budget 0.5 min: 9 epochs (the last 6 of 8 batches) planned" in out
+    replans = [line for line in out.splitlines() if "re-planned to" in line]
+    assert [line.split(" (was")[0].split("to ")[1] for line in replans] == [
+        "8 epochs (the last 6 of 8 batches)",
+        "7 epochs (the last 6 of 8 batches)",
+        "6 epochs (the last 6 of 8 batches)",
+        "5 epochs (the last 6 of 8 batches)",
+    ]
+    assert "budget" not in row and (row["epoch"], row["step"]) == (5, 38)
+    facts = run_folder.read_facts(run)
+    assert (facts.epochs, facts.steps) == (5, 38)
+    assert [r["step"] for r in metrics_log.read_metrics(run / "metrics.jsonl")] == [
+        8,
+        16,
+        24,
+        32,
+        38,
+    ]
+    # The schedule ends with the run: the last step (37) ran at the rate of a 38-step schedule.
+    assert row["lr"] == pytest.approx(float(optim.learning_rate_at(config.train, 37, 38, 8)))
 
 
 def test_sigterm_mid_epoch_saves_the_position_and_resume_equals_never_stopping(

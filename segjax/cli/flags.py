@@ -62,7 +62,7 @@ def add_field(parser, field: dataclasses.Field, default: Any = None, demo: Any =
         parser.add_argument(flag_of(field), dest=field.name, **switch)
         return
     shown = ""
-    if default is not None and default != "":
+    if default is not None and default != "" and default != ():
         demo_text = f"; demo {show(demo)}" if demo is not _NO_DEMO and demo != default else ""
         shown = f" (default {show(default)}{demo_text})"
     parser.add_argument(

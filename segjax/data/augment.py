@@ -117,6 +117,15 @@ def normalize(image: jax.Array, mean, std) -> jax.Array:
     return (image - mean) / jnp.asarray(std, image.dtype).reshape(shape)
 
 
+def resize_batch(images, masks, size: tuple[int, int]):
+    """Progressive resizing: an augmented batch [B, H, W, C] and its masks [B, H, W, ...] at a
+    smaller (h, w), antialiased; the masks stay {0, 1} (area above one half)."""
+    b, c = images.shape[0], images.shape[-1]
+    images = jax.image.resize(images, (b, *size, c), "linear", antialias=True)
+    small = jax.image.resize(masks, (b, *size, *masks.shape[3:]), "linear", antialias=True)
+    return images, (small >= 0.5).astype(masks.dtype)
+
+
 def prepare_batch(key, images_u8, masks_u8, level: str, mean, std):
     """uint8 batch -> augmented, normalised float32 images and {0, 1} float32 masks."""
     images = images_u8.astype(jnp.float32) / 255.0

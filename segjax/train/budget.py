@@ -1,4 +1,10 @@
-"""The time-budget planner: time the real steps once, then fix how many epochs fit."""
+"""The time-budget planner: time the real steps, plan the steps that fit, re-plan each epoch.
+
+The plan is a number of steps, not of epochs: the last epoch may stop part-way, so a run ends
+close to its deadline whatever an epoch costs. After every epoch the plan is made again from
+that epoch's own times (the first steps of a run are often slower than the later ones); the
+schedule's length is a value in the train state, so a new plan recompiles nothing.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +24,13 @@ from segjax.train.start import Setup
 
 class Budget(NamedTuple):
     """A deadline on `clock`, one epoch's estimate, and what must still fit after the epochs
-    (the tuning, or a safety margin)."""
+    (the tuning, or a safety margin); a time budget also keeps its first timing."""
 
     deadline: float
     epoch_s: float
     reserve_s: float
     clock: Any
+    timing: Any = None  # Timing: measured before the first step
 
     def allows_another(self, longest_epoch_s: float) -> bool:
         """Whether one more epoch (as long as the estimate or the longest so far) and the
@@ -41,16 +48,55 @@ def session(minutes: float | None, started: float, clock) -> Budget | None:
 
 
 class Timing(NamedTuple):
-    epoch_s: float  # an epoch: its steps, a validation, the drawing and a checkpoint
+    step_s: float  # one train step
+    overhead_s: float  # what closes an epoch: a validation, the drawing and a checkpoint
     val_s: float  # one validation pass
     compile_s: float  # compiling the evaluation step (tuning compiles two predictors like it)
+    small_step_s: float = 0.0  # one train step at --small-size (0: no progressive resizing)
+
+    def epoch_s(self, steps_per_epoch: int) -> float:
+        return steps_per_epoch * self.step_s + self.overhead_s
 
 
-def plan_epochs(remaining_s: float, epoch_s: float, reserve_s: float, done: int, most: int):
-    """How many epochs (those done included) fit: what is left of the budget, less the
-    reserve for tuning, in whole epochs; at least one more, at most `most` (--epochs)."""
-    fitting = int(max(remaining_s - reserve_s, 0.0) // max(epoch_s, 1e-9))
-    return max(done + 1, min(most, done + fitting))
+def plan_steps(available_s: float, timing: Timing, at: int, spe: int, most: int) -> int:
+    """The step to end at: the most steps after step `at` that, with each epoch's closing
+    overhead (a cut last epoch closes too), take at most `available_s`; never past `most`
+    (--epochs). `at` when not one more step fits."""
+    best, n = at, 1
+    while True:
+        end = (at // spe + n) * spe  # the end of the n-th epoch from here
+        before = max(at, end - spe)
+        if before >= most:
+            return best
+        room = max(available_s - n * timing.overhead_s, 0.0)
+        candidate = min(end, most, at + int(room // max(timing.step_s, 1e-9)))
+        if candidate <= before:  # no step of the n-th epoch fits
+            return best
+        best, n = candidate, n + 1
+
+
+def plan_phases(available_s: float, timing: Timing, at: int, spe: int, most: int, switch: int):
+    """`plan_steps` when the steps before `switch` (progressive resizing's smaller phase, an
+    epoch boundary) take `timing.small_step_s` each."""
+    if at >= switch or not timing.small_step_s:
+        return plan_steps(available_s, timing, at, spe, most)
+    small = timing._replace(step_s=timing.small_step_s)
+    small_phase_s = (switch - at) * small.step_s + (switch // spe - at // spe) * small.overhead_s
+    if small_phase_s > available_s or switch >= most:
+        return plan_steps(available_s, small, at, spe, min(most, switch))
+    return plan_steps(available_s - small_phase_s, timing, switch, spe, most)
+
+
+def first_plan(available_s: float, timing: Timing, at: int, spe: int, most: int, fraction: float):
+    """The steps and the smaller phase's epochs of a new plan: the share `fraction` of the
+    planned epochs at --small-size (0: none). The phase's length depends on the plan and the
+    plan on the phase's cheaper steps: planned at their average cost, then in two phases."""
+    if not timing.small_step_s:
+        return plan_steps(available_s, timing, at, spe, most), 0
+    mean_s = fraction * timing.small_step_s + (1 - fraction) * timing.step_s
+    rough = plan_steps(available_s, timing._replace(step_s=mean_s), at, spe, most)
+    small_epochs = round(fraction * -(-rough // spe))
+    return plan_phases(available_s, timing, at, spe, most, small_epochs * spe), small_epochs
 
 
 def tuning_reserve(timing: Timing, n_val: int) -> float:
@@ -60,28 +106,70 @@ def tuning_reserve(timing: Timing, n_val: int) -> float:
     return 10.0 + 2.0 * timing.compile_s + 5.0 * timing.val_s + 0.15 * n_val
 
 
-def plan(setup: Setup, state, done: int, minutes: float | None, started: float, clock):
+def agree(steps: int) -> int:
+    """Every process takes process 0's plan (their clocks differ)."""
+    if jax.process_count() == 1:
+        return steps
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(steps)))
+
+
+def with_plan(setup: Setup, steps: int, small_epochs: int | None = None) -> Setup:
+    """The setup with a schedule of `steps` steps (and `small_epochs` at --small-size, when
+    given) in its facts (run.json)."""
+    epochs = -(-steps // setup.steps_per_epoch)
+    facts = dataclasses.replace(setup.facts, epochs=epochs, steps=steps)
+    if small_epochs is not None:
+        facts = dataclasses.replace(facts, small_epochs=small_epochs)
+    return setup._replace(facts=facts)
+
+
+def describe_plan(steps: int, spe: int) -> str:
+    """ "9 epochs" or "9 epochs (the last 40 of 72 batches)"."""
+    epochs, cut = -(-steps // spe), steps % spe
+    return f"{epochs} epochs" + (f" (the last {cut} of {spe} batches)" if cut else "")
+
+
+def plan(setup: Setup, state, at: int, minutes: float | None, started: float, clock):
     """With a budget: time the steps on a throwaway copy of the state (compiling what training
-    uses anyway), fix the epoch count (every process takes process 0's), say so. Returns the
-    setup with the planned epochs in its facts, and the budget (None without one)."""
+    uses anyway), plan the steps that fit from step `at` (at least to the end of the current
+    epoch), say so. Returns the setup with the plan in its facts, and the budget (None
+    without one)."""
     if not minutes:
         return setup, None
+    tc, spe = setup.config.train, setup.steps_per_epoch
     timing = measure(setup, state, clock)
     reserve_s = tuning_reserve(timing, len(setup.splits.val))
     deadline = started + 60.0 * minutes
-    most = setup.config.train.epochs
-    epochs = plan_epochs(deadline - clock(), timing.epoch_s, reserve_s, done, most)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        epochs = int(multihost_utils.broadcast_one_to_all(np.int32(epochs)))
+    most = tc.epochs * spe
+    available = deadline - clock() - reserve_s
+    if at == 0:  # a new run: the smaller phase's length comes with the plan
+        fraction = tc.small_fraction if tc.small_size else 0.0
+        steps, small_epochs = first_plan(available, timing, at, spe, most, fraction)
+    else:  # a resume keeps its phases
+        small_epochs = setup.facts.small_epochs
+        steps = plan_phases(available, timing, at, spe, most, small_epochs * spe)
+    steps = agree(max(steps, min(most, (at // spe + 1) * spe)))
+    small_epochs = agree(small_epochs)
+    small = ""
+    if small_epochs:
+        h, w = tc.small_size
+        small = f", the first {small_epochs} at {h}x{w} ({timing.small_step_s:.2f} s a step)"
     print(
-        f"time budget {minutes:.3g} min: {epochs} epochs planned ({timing.epoch_s:.1f} s an "
-        f"epoch, {reserve_s:.0f} s kept for tuning); the schedule spans {epochs} epochs",
+        f"time budget {minutes:.3g} min: {describe_plan(steps, spe)} planned{small} "
+        f"({timing.step_s:.2f} s a step, {timing.epoch_s(spe):.1f} s an epoch, {reserve_s:.0f} s "
+        "kept for tuning); re-planned after each epoch from its own times",
         flush=True,
     )
-    facts = dataclasses.replace(setup.facts, epochs=epochs)
-    return setup._replace(facts=facts), Budget(deadline, timing.epoch_s, reserve_s, clock)
+    budget = Budget(deadline, timing.epoch_s(spe), reserve_s, clock, timing)
+    return with_plan(setup, steps, small_epochs), budget
+
+
+def replan(budget: Budget, timing: Timing, at: int, spe: int, most: int, switch: int) -> int:
+    """After an epoch: the step to end at, from the latest times and the clock now."""
+    available = budget.deadline - budget.clock() - budget.reserve_s
+    return agree(plan_phases(available, timing, at, spe, most, switch))
 
 
 def measure(setup: Setup, state, clock, timed_steps: int = 5) -> Timing:
@@ -90,14 +178,20 @@ def measure(setup: Setup, state, clock, timed_steps: int = 5) -> Timing:
     idx = setup.splits.train[: setup.config.train.batch_size]
     batch = parallel.gather_batch(validate.labelled(setup.splits.arrays), idx, setup.mesh)
     key = jax.random.key(0)
-    for _ in range(2):  # compiles, then warms up
-        probe, out = setup.steps.train(probe, batch, key)
-    jax.block_until_ready(out)
-    tic = clock()
-    for _ in range(timed_steps):
-        probe, out = setup.steps.train(probe, batch, key)
-    jax.block_until_ready(out)
-    step_s = (clock() - tic) / timed_steps
+
+    def time_steps(train):
+        nonlocal probe
+        for _ in range(2):  # compiles, then warms up
+            probe, out = train(probe, batch, key)
+        jax.block_until_ready(out)
+        tic = clock()
+        for _ in range(timed_steps):
+            probe, out = train(probe, batch, key)
+        jax.block_until_ready(out)
+        return (clock() - tic) / timed_steps
+
+    small_s = time_steps(setup.steps.train_small) if setup.steps.train_small else 0.0
+    step_s = time_steps(setup.steps.train)
     keep = setup.config.train.preview_count
     run = lambda: validate.validate_split(
         setup.steps, probe, setup.splits, setup.config.train.eval_batch_size, setup.mesh, keep
@@ -114,5 +208,5 @@ def measure(setup: Setup, state, clock, timed_steps: int = 5) -> Timing:
         rows = [{"epoch": e, **dict.fromkeys(keys, 0.5)} for e in (1, 2)]
         validate.draw(setup.splits, probs, rows, Path(scratch), 0)
         draw_s = clock() - tic
-    epoch_s = setup.steps_per_epoch * step_s + val_s + draw_s + 1.0  # + a checkpoint
-    return Timing(epoch_s, val_s, max(first_s - val_s, 0.0))
+    overhead_s = val_s + draw_s + 1.0  # + a checkpoint
+    return Timing(step_s, overhead_s, val_s, max(first_s - val_s, 0.0), small_s)

@@ -34,9 +34,10 @@ def fit(
     A folder that holds checkpoints needs `options.resume` (continue) or `options.overwrite`
     (start again). `stop_at_epoch` ends this process's work after that epoch (the schedule still
     spans all epochs); a later resume continues. `time_budget` (minutes, counted from
-    `started`, default now, on `clock`) plans the number of epochs so that training and tuning
-    end within it. SIGINT or SIGTERM finish the current step, save a checkpoint with the
-    mid-epoch data position and return; the row then has "stopped": [epoch, batch].
+    `started`, default now, on `clock`) plans the steps so that training and tuning end
+    within it, and plans again after each epoch (the last epoch may stop part-way). SIGINT or
+    SIGTERM finish the current step, save a checkpoint with the mid-epoch data position and
+    return; the row then has "stopped": [epoch, batch].
 
     Resuming from the latest checkpoint gives the same parameters and metrics rows as a run
     that never stopped: the state, the data position and the progress record are restored,
@@ -47,8 +48,9 @@ def fit(
     new_folder, begun = not run_dir.exists(), None
     try:
         begun = start(config, run_dir, resume=options.resume, overwrite=options.overwrite)
+        at = begun.progress.epoch * begun.setup.steps_per_epoch + begun.progress.batch
         setup, budget = planner.plan(
-            begun.setup, begun.state, begun.progress.epoch, options.time_budget, started, clock
+            begun.setup, begun.state, at, options.time_budget, started, clock
         )
     except BaseException:
         if begun is not None:
@@ -58,10 +60,7 @@ def fit(
         raise
     state = begun.state
     try:
-        steps = jax.device_put(
-            np.int32(setup.epochs * setup.steps_per_epoch), state.schedule_steps.sharding
-        )
-        state = state.replace(schedule_steps=steps)  # placed as the state: no retrace
+        state = with_schedule(state, setup.schedule_steps)
         if setup.lead:
             run_folder.write_run(setup.run_dir, setup.config, setup.facts)
             describe(setup, state, begun.progress, options)
@@ -72,6 +71,13 @@ def fit(
     finally:
         checkpoint.seal(setup.manager)
         setup.manager.close()
+
+
+def with_schedule(state, steps: int):
+    """The state with a schedule `steps` long, placed as the state is: no retrace."""
+    return state.replace(
+        schedule_steps=jax.device_put(np.int32(steps), state.schedule_steps.sharding)
+    )
 
 
 @contextlib.contextmanager
@@ -112,64 +118,92 @@ class Loop(NamedTuple):
 
     def run(self, state, progress: Progress, rows: tuple, stop_at_epoch: int | None) -> dict:
         """Epochs from `progress` on; returns the last metrics row, with "stopped", "budget"
-        or "session" when a signal, the time budget or the session limit ended them early."""
-        tc, epochs = self.setup.config.train, self.setup.epochs
+        or "session" when a signal, the time budget or the session limit ended them early.
+        With a time budget the plan is made again after each epoch (`self.setup` then holds
+        the new plan)."""
+        loop, tc, spe = self, self.setup.config.train, self.setup.steps_per_epoch
         rng = jax.random.fold_in(jax.random.key(tc.seed), 1)
         replace_step = progress.epoch + 1 if progress.batch else None  # a mid-epoch checkpoint
         longest = 0.0  # this process's longest epoch: validation, drawing, checkpoint included
-        for epoch in range(progress.epoch, min(epochs, stop_at_epoch or epochs)):
+        timing = self.budget.timing if self.budget is not None else None  # the latest times
+        epoch = progress.epoch
+        while epoch * spe < loop.setup.schedule_steps and epoch < (stop_at_epoch or math.inf):
             if (tc.early_stop and progress.bad_epochs >= tc.early_stop) or self.stop.is_set():
                 break  # between epochs: the last checkpoint already holds this position
+            end = min(spe, loop.setup.schedule_steps - epoch * spe)  # a plan may cut the last
             timed = self.budget is not None or self.session is not None
             tic = self.clock() if timed else 0.0
-            done = train_epoch(self.setup, state, progress, rng, self.show, self.stop)
+            done = train_epoch(loop.setup, state, progress, rng, self.show, self.stop, end)
+            trained = self.clock() if timed else 0.0
             state = done.state
             losses = np.concatenate([np.asarray(progress.partial_losses, np.float32), done.losses])
-            if done.batch < self.setup.steps_per_epoch:  # a signal came mid-epoch
+            if done.batch < end:  # a signal came mid-epoch
                 progress = dataclasses.replace(
                     progress, batch=done.batch, partial_losses=tuple(losses.tolist())
                 )
-                return self.save_stop(state, progress, rows, replace_step)
-            images = (self.setup.steps_per_epoch - progress.batch) * tc.batch_size
+                return loop.save_stop(state, progress, rows, replace_step)
+            steps_done = end - progress.batch
             train = {"train_loss": float(np.mean(losses))}
             if state.dynamic_scale is not None:  # float16's loss scaling at work
                 scale = float(state.dynamic_scale.scale)
                 train.update(skipped_steps=done.skipped, loss_scale=scale)
-            state, progress, rows = self.close_epoch(state, progress, rows, train, replace_step)
-            replace_step = None
-            if self.setup.lead:
-                log_timing(self.setup.run_dir, rows[-1]["epoch"], done.seconds, images)
+            state, progress, rows = loop.close_epoch(state, progress, rows, train, replace_step)
+            replace_step, epoch = None, epoch + 1
+            if loop.setup.lead:
+                log_timing(loop.setup.run_dir, epoch, done.seconds, steps_done * tc.batch_size)
                 report(rows[-1], progress, done.seconds)
-            if timed and epoch + 1 < epochs:
-                longest = max(longest, self.clock() - tic)
-                cut = self.out_of_time(epoch + 1, longest)
+            if self.budget is not None and epoch * spe < loop.setup.schedule_steps:
+                # this epoch's times replace the estimate of its phase's
+                step_s, close_s = (trained - tic) / max(steps_done, 1), self.clock() - trained
+                small = epoch - 1 < loop.setup.facts.small_epochs and loop.setup.steps.train_small
+                phase = {"small_step_s" if small else "step_s": step_s}
+                timing = timing._replace(overhead_s=close_s, **phase)
+                loop, state, cut = loop.replan(state, timing, epoch)
                 if cut:
-                    return {**rows[-1], cut: True}
+                    return {**rows[-1], "budget": True}
+            if self.session is not None and epoch * spe < loop.setup.schedule_steps:
+                longest = max(longest, self.clock() - tic)
+                if not self.session.allows_another(longest):
+                    print(
+                        f"session limit: paused after epoch {epoch} of {loop.setup.epochs} "
+                        "(the next would not end in time); the checkpoint is saved. Next "
+                        f"session: {resume_command(loop.setup.run_dir)}",
+                        flush=True,
+                    )
+                    return {**rows[-1], "session": True}
         last = rows[-1] if rows else {}
         if self.stop.is_set():
-            print(f"stopped; continue with: {resume_command(self.setup.run_dir)}", flush=True)
+            print(f"stopped; continue with: {resume_command(loop.setup.run_dir)}", flush=True)
             return {**last, "stopped": [progress.epoch, progress.batch]}
         return last
 
-    def out_of_time(self, done: int, longest: float) -> str | None:
-        """ "budget" or "session" when the next epoch would end too late (and says so)."""
-        epochs = self.setup.epochs
-        if self.budget and not self.budget.allows_another(longest):
+    def replan(self, state, timing: planner.Timing, epoch: int):
+        """The time budget's plan made again after `epoch` from its times: the loop with the
+        new plan, the state with the schedule's new length, and whether to stop now."""
+        setup, spe = self.setup, self.setup.steps_per_epoch
+        old = setup.schedule_steps
+        most = setup.config.train.epochs * spe
+        switch = setup.facts.small_epochs * spe
+        steps = planner.replan(self.budget, timing, epoch * spe, spe, most, switch)
+        if steps == old:
+            return self, state, False
+        if steps <= epoch * spe:
             print(
-                f"time budget: stopping after epoch {done} of {epochs}, the next would not "
-                "end in time",
+                f"time budget: stopping after epoch {epoch} of {setup.epochs}, the next would "
+                "not end in time",
                 flush=True,
             )
-            return "budget"
-        if self.session and not self.session.allows_another(longest):
-            print(
-                f"session limit: paused after epoch {done} of {epochs} (the next would not end "
-                f"in time); the checkpoint is saved. Next session: "
-                f"{resume_command(self.setup.run_dir)}",
-                flush=True,
-            )
-            return "session"
-        return None
+            return self, state, True
+        setup = planner.with_plan(setup, steps)
+        if setup.lead:
+            run_folder.write_run(setup.run_dir, setup.config, setup.facts)
+        print(
+            f"time budget: re-planned to {planner.describe_plan(steps, spe)} (was "
+            f"{planner.describe_plan(old, spe)}) from epoch {epoch}'s times: "
+            f"{timing.step_s:.2f} s a step, {timing.overhead_s:.1f} s to close an epoch",
+            flush=True,
+        )
+        return self._replace(setup=setup), with_schedule(state, steps), False
 
     def close_epoch(self, state, progress: Progress, rows: tuple, train: dict, replace_step):
         """Validate, checkpoint, draw and log a finished epoch; the new state, progress, rows."""
@@ -222,10 +256,13 @@ def resume_command(run_dir: Path) -> str:
     return f"segjax train --resume --run-dir {run_dir}"
 
 
-def train_epoch(setup: Setup, state, progress: Progress, rng, show: bool, stop=None) -> EpochRun:
-    """The updates of epoch `progress.epoch` from batch `progress.batch` on; a set `stop`
-    event ends it after the current step."""
-    tc, spe, epoch = setup.config.train, setup.steps_per_epoch, progress.epoch
+def train_epoch(
+    setup: Setup, state, progress: Progress, rng, show: bool, stop=None, end: int | None = None
+) -> EpochRun:
+    """The updates of epoch `progress.epoch` from batch `progress.batch` to batch `end`
+    (default: all of them); a set `stop` event ends it after the current step."""
+    tc, epoch = setup.config.train, progress.epoch
+    spe = end or setup.steps_per_epoch
     bar = tqdm(
         total=spe * tc.batch_size,
         initial=progress.batch * tc.batch_size,
@@ -240,16 +277,19 @@ def train_epoch(setup: Setup, state, progress: Progress, rng, show: bool, stop=N
     arrays = validate.labelled(setup.splits.arrays)
     make = lambda b: (b[0], parallel.gather_batch(arrays, setup.splits.train[b[1]], setup.mesh))
     step_losses, skipped, position, tic = [], [], spe, time.perf_counter()
+    train = setup.steps.train_at(epoch < setup.facts.small_epochs)  # progressive resizing
     with parallel.Prefetcher(batches, make) as feed:
         for index, batch in feed:
-            state, out = setup.steps.train(state, batch, rng)
+            state, out = train(state, batch, rng)
             step_losses.append(out["loss"])
             skipped += [out["skipped"]] if "skipped" in out else []
             if index % 10 == 0 and len(step_losses) > 1:  # one step late: already computed
                 check_finite(float(step_losses[-2]), epoch, index, setup.manager)
                 bar.set_postfix(loss=f"{float(step_losses[-2]):.4f}")
             bar.update(tc.batch_size)
-            if stop is not None and stop.is_set() and index + 1 < spe:
+            if index + 1 >= spe:  # a plan's cut epoch ends here
+                break
+            if stop is not None and stop.is_set():
                 position = index + 1
                 break
     bar.close()

@@ -42,8 +42,13 @@ class Setup(NamedTuple):
 
     @property
     def epochs(self) -> int:
-        """The epochs the schedule spans."""
+        """The epochs the schedule spans (the last may be cut: see `schedule_steps`)."""
         return self.facts.epochs
+
+    @property
+    def schedule_steps(self) -> int:
+        """The steps the schedule spans: training ends there."""
+        return self.facts.steps or self.facts.epochs * self.steps_per_epoch
 
 
 class Start(NamedTuple):
@@ -57,6 +62,12 @@ def check_image_size(config: Config) -> None:
     """The training size must be at least the model's total stride on each side."""
     stride = total_stride(config.model)
     h, w = config.data.image_size
+    small = config.train.small_size
+    if small and (small[0] > h or small[1] > w or small[0] < stride or small[1] < stride):
+        raise UserError(
+            f"--small-size {small[0]}x{small[1]}: progressive resizing's size must be at most "
+            f"--image-size {h}x{w} and at least the model's total stride {stride} on each side"
+        )
     if min(h, w) < stride:
         scratch = config.model.encoder == "scratch"
         raise UserError(
@@ -73,7 +84,8 @@ def initial_facts(config: Config, splits: sources.Splits) -> RunFacts:
     tc = config.train
     chosen = precision.choose(tc.precision, precision.this_device())
     dtype = precision.COMPUTE_DTYPES[chosen]
-    return RunFacts(mean=mean, std=std, dtype=dtype, epochs=tc.epochs)
+    small = round(tc.small_fraction * tc.epochs) if tc.small_size else 0
+    return RunFacts(mean=mean, std=std, dtype=dtype, epochs=tc.epochs, small_epochs=small)
 
 
 def start(config: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> Start:
@@ -121,12 +133,15 @@ def _resume(setup: Setup, state: TrainState) -> Start:
     progress = Progress.from_meta(meta)
     metrics_path = setup.run_dir / "metrics.jsonl"
     rows = metrics_log.trim_metrics(metrics_path, progress.epoch) if setup.lead else []
-    epochs = setup.config.train.epochs
+    epochs, steps = setup.config.train.epochs, 0
+    saved = _saved_steps(meta, setup.steps_per_epoch)
     if meta["config"]["train"]["epochs"] != epochs:  # --epochs changed on resume: a new length
-        _report_schedule_change(_saved_epochs(meta), setup, state)
+        _report_schedule_change(saved, setup, state)
     else:
-        epochs = _saved_epochs(meta)
-    setup = setup._replace(facts=dataclasses.replace(setup.facts, epochs=epochs))
+        epochs, steps = _saved_epochs(meta), meta.get("facts", {}).get("steps", 0)
+    small = meta.get("facts", {}).get("small_epochs", setup.facts.small_epochs)
+    facts = dataclasses.replace(setup.facts, epochs=epochs, steps=steps, small_epochs=small)
+    setup = setup._replace(facts=facts)
     return Start(setup, state, progress, tuple(rows))
 
 
@@ -135,6 +150,10 @@ def _saved_epochs(meta: dict) -> int:
     if "facts" in meta:
         return meta["facts"]["epochs"]
     return meta["config"]["train"]["epochs"]  # runs written before run.json kept the plan there
+
+
+def _saved_steps(meta: dict, spe: int) -> int:
+    return meta.get("facts", {}).get("steps", 0) or _saved_epochs(meta) * spe
 
 
 def _fresh(setup: Setup, state: TrainState) -> Start:
@@ -193,15 +212,16 @@ def _init_from(state: TrainState, config: Config) -> TrainState:
 
 
 def _report_schedule_change(saved: int, setup: Setup, state: TrainState) -> None:
-    """One line when a resume changes the schedule's length (--epochs), so the rate moves."""
+    """One line when a resume changes the schedule's length (--epochs), so the rate moves;
+    `saved`: the steps it spanned."""
     tc, spe = setup.config.train, setup.steps_per_epoch
     if tc.schedule in ("constant", "plateau"):
         return
     step = int(state.step)
-    old = optim.learning_rate_at(tc, step, saved * spe, spe)
+    old = optim.learning_rate_at(tc, step, saved, spe)
     new = optim.learning_rate_at(tc, step, tc.epochs * spe, spe)
     print(
-        f"resuming at step {step} with --epochs {tc.epochs} (was {saved}): the "
+        f"resuming at step {step} with --epochs {tc.epochs} (was {saved / spe:.3g}): the "
         f"{tc.schedule} schedule now spans {tc.epochs} epochs, so the learning rate continues "
         f"at {float(new):.3g} instead of {float(old):.3g} and ends with epoch {tc.epochs}",
         flush=True,

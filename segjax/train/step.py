@@ -79,13 +79,26 @@ def update_ema(state: TrainState, decay: float) -> TrainState:
 
 
 def train_step(
-    state: TrainState, batch: dict, rng: jax.Array, *, loss_fn, level, mean, std, schedule, ema
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    loss_fn,
+    level,
+    mean,
+    std,
+    schedule,
+    ema,
+    size: tuple[int, int] | None = None,
 ):
-    """One update on an augmented batch; randomness from fold_in(rng, step): resumable."""
+    """One update on an augmented batch (resized to `size`, progressive resizing's smaller
+    phase, when given); randomness from fold_in(rng, step): resumable."""
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
     rate = schedule(state.step, state.schedule_steps, scale=state.plateau.scale)
     state = state.replace(opt_state=optim.with_learning_rate(state.opt_state, rate))
     images, masks = augment.prepare_batch(aug_rng, batch["image"], batch["mask"], level, mean, std)
+    if size is not None:
+        images, masks = augment.resize_batch(images, masks, size)
 
     def compute_loss(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
@@ -137,6 +150,11 @@ def eval_step(state: TrainState, batch: dict, *, loss_fn, mean, std) -> dict[str
 class Steps(NamedTuple):
     train: Any  # (state, batch, rng) -> (state, metrics), state donated
     eval: Any  # (state, batch) -> per-image loss, counts and probabilities
+    train_small: Any = None  # the train step at --small-size (None: no progressive resizing)
+
+    def train_at(self, small: bool):
+        """The train step of an epoch: at --small-size when `small` (and there is one)."""
+        return self.train_small if small and self.train_small is not None else self.train
 
 
 def create_steps(config: Config, facts: RunFacts, mesh, steps_per_epoch: int) -> Steps:
@@ -156,7 +174,12 @@ def create_steps(config: Config, facts: RunFacts, mesh, steps_per_epoch: int) ->
         **norm,
     )
     evaluate = functools.partial(eval_step, loss_fn=loss_fn, **norm)
+    jit_train = lambda f: jax.jit(
+        f, in_shardings=(rep, shard, rep), out_shardings=(rep, rep), donate_argnums=0
+    )
+    small = config.train.small_size
     return Steps(
-        jax.jit(train, in_shardings=(rep, shard, rep), out_shardings=(rep, rep), donate_argnums=0),
+        jit_train(train),
         jax.jit(evaluate, in_shardings=(rep, shard), out_shardings=shard),
+        jit_train(functools.partial(train, size=tuple(small))) if small else None,
     )
