@@ -239,6 +239,12 @@ class TrainConfig:
         1, "previews and curves.png every N epochs (and after the last)", valid=AT_LEAST_1
     )
     init_from: str = option("", "fine-tune: start from this run folder's best weights")
+    pseudo_label: str = option(
+        "",
+        "a finished run folder: also train on the data's unlabelled test images, labelled by "
+        "that run's tuned predictions (it must share this run's data and split)",
+        metavar="RUN",
+    )
     ema: float = option(
         0.0,
         "decay of an exponential moving average of the weights and BatchNorm statistics, per "
@@ -311,6 +317,7 @@ class RunFacts:
     steps: int = 0  # the steps it spans when a plan cuts the last epoch; 0: epochs x batches
     small_epochs: int = 0  # progressive resizing: the first epochs, trained at --small-size
     encoder_source: str = ""  # the pretrained weights file read at the start, and its sha256
+    pseudo_labels: str = ""  # --pseudo-label: how many test images, and their masks' sha256
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

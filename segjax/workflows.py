@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segjax.config import Config, RunOptions
-from segjax.inference import analysis, ensemble
+from segjax.inference import analysis, ensemble, pseudo
 from segjax.inference.postprocess import PostProcess
 from segjax.train import folds, loop, metrics_log, run_folder
 
@@ -22,7 +22,13 @@ def train_and_tune(config: Config, run_dir: str | Path, options: RunOptions = Ru
     Returns the last metrics row.
     """
     run_dir = Path(run_dir)
-    row = loop.fit(config, run_dir, options)
+    extra = None
+    if config.train.pseudo_label:  # labelled again on a resume, and checked against the record
+        arrays = pseudo.label_test(config.train.pseudo_label, config)
+        record = pseudo.record(arrays, config.train.pseudo_label)
+        print(f"pseudo-labels: {record}", flush=True)
+        extra = (arrays, record)
+    row = loop.fit(config, run_dir, options, extra=extra)
     epochs = run_folder.read_facts(run_dir).epochs
     paused = bool(options.stop_at_epoch) and options.stop_at_epoch < epochs
     if row.get("stopped"):

@@ -91,6 +91,19 @@ def split(d: DataConfig, n: int) -> dict[str, np.ndarray]:
     return sampling.split(n, d.split_seed, d.val_fraction, d.test_fraction, d.folds, d.fold)
 
 
+def with_extra(splits: Splits, extra: decode.Arrays) -> Splits:
+    """The splits with `extra` labelled images (pseudo-labels) appended, for training only."""
+    a, n = splits.arrays, len(splits.arrays.ids)
+    arrays = decode.Arrays(
+        a.ids + tuple(extra.ids),
+        np.concatenate([a.images, extra.images]),
+        np.concatenate([a.masks, extra.masks]),
+        np.concatenate([a.sizes, extra.sizes]),
+    )
+    train = np.concatenate([splits.train, n + np.arange(len(extra.ids))])
+    return splits._replace(arrays=arrays, train=train)
+
+
 def load_splits(config: Config) -> Splits:
     """Decode the labelled images and split them."""
     arrays = load_labelled(config.data)

@@ -27,7 +27,12 @@ from segjax.train.start import Setup, start
 
 
 def fit(
-    config: Config, run_dir: str | Path, options: RunOptions = RunOptions(), *, clock=time.time
+    config: Config,
+    run_dir: str | Path,
+    options: RunOptions = RunOptions(),
+    *,
+    clock=time.time,
+    extra=None,
 ) -> dict:
     """Train (or resume) into run_dir; return the last metrics row.
 
@@ -37,7 +42,8 @@ def fit(
     `started`, default now, on `clock`) plans the steps so that training and tuning end
     within it, and plans again after each epoch (the last epoch may stop part-way). SIGINT or
     SIGTERM finish the current step, save a checkpoint with the mid-epoch data position and
-    return; the row then has "stopped": [epoch, batch].
+    return; the row then has "stopped": [epoch, batch]. `extra` (arrays, record): more
+    training images, the pseudo-labels of `segjax.inference.pseudo`.
 
     Resuming from the latest checkpoint gives the same parameters and metrics rows as a run
     that never stopped: the state, the data position and the progress record are restored,
@@ -47,7 +53,9 @@ def fit(
     run_dir = Path(run_dir)
     new_folder, begun = not run_dir.exists(), None
     try:
-        begun = start(config, run_dir, resume=options.resume, overwrite=options.overwrite)
+        begun = start(
+            config, run_dir, resume=options.resume, overwrite=options.overwrite, extra=extra
+        )
         at = begun.progress.epoch * begun.setup.steps_per_epoch + begun.progress.batch
         setup, budget = planner.plan(
             begun.setup, begun.state, at, options.time_budget, started, clock

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from segjax import parallel
 from segjax.config import Config, RunFacts, check
 from segjax.data import sampling, sources
+from segjax.data.decode import Arrays
 from segjax.errors import DataError, UserError
 from segjax.models import pretrained
 from segjax.models.builder import total_stride
@@ -49,6 +50,9 @@ class Setup(NamedTuple):
     def schedule_steps(self) -> int:
         """The steps the schedule spans: training ends there."""
         return self.facts.steps or self.facts.epochs * self.steps_per_epoch
+
+
+Extra = tuple[Arrays, str] | None  # more training images, and their record for run.json
 
 
 class Start(NamedTuple):
@@ -88,10 +92,13 @@ def initial_facts(config: Config, splits: sources.Splits) -> RunFacts:
     return RunFacts(mean=mean, std=std, dtype=dtype, epochs=tc.epochs, small_epochs=small)
 
 
-def start(config: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> Start:
+def start(
+    config: Config, run_dir: Path, *, resume: bool, overwrite: bool, extra: Extra = None
+) -> Start:
     """Check, claim the folder, decode and split the data, jit the steps, then start fresh or
     from the newest readable checkpoint (`resume`). A new run's folder is created last, once
-    everything it needs has been read."""
+    everything it needs has been read. `extra`: more training images (pseudo-labels) and
+    their record for run.json; a resume must be given the same ones."""
     check(config)
     tc = config.train
     parallel.check_batch_size(tc.batch_size)
@@ -106,9 +113,11 @@ def start(config: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> St
     splits = sources.load_splits(config)
     if not len(splits.val):
         raise DataError("the validation split is empty: raise --val-fraction")
-    spe = sampling.steps_per_epoch(len(splits.train), tc.batch_size)
     resuming = resume and run_folder.has_checkpoints(run_dir)
     facts = run_folder.read_facts(run_dir) if resuming else initial_facts(config, splits)
+    if extra is not None:
+        splits, facts = _with_extra(splits, facts, extra, resuming, run_dir)
+    spe = sampling.steps_per_epoch(len(splits.train), tc.batch_size)
     key = jax.random.fold_in(jax.random.key(tc.seed), 0)
     state = jax.device_put(create_train_state(config, key, spe, facts), parallel.replicated(mesh))
     steps = create_steps(config, facts, mesh, spe)
@@ -117,6 +126,19 @@ def start(config: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> St
         return _resume(_with_manager(setup), state)
     begun = _fresh(setup, state)
     return begun._replace(setup=_with_manager(begun.setup))
+
+
+def _with_extra(splits, facts: RunFacts, extra: Extra, resuming: bool, run_dir: Path):
+    """Pseudo-labelled images join the training split; a resume checks they are the ones the
+    run started with."""
+    arrays, record = extra
+    if resuming and facts.pseudo_labels != record:
+        raise UserError(
+            f"{run_dir}: the pseudo-labels differ from the ones this run started with "
+            f"({facts.pseudo_labels or 'none'}; now {record}): has the labelling run changed? "
+            "Start a new run instead of resuming"
+        )
+    return sources.with_extra(splits, arrays), dataclasses.replace(facts, pseudo_labels=record)
 
 
 def _with_manager(setup: Setup) -> Setup:
