@@ -418,10 +418,10 @@ class StepClock:
 def test_a_run_that_falls_behind_its_budget_stops_after_the_last_epoch_that_fits(
     tiny_config, tmp_path, monkeypatch, capsys
 ):
-    # Measured before training: 1 s a step, 2 s to close an epoch; a 16.2 s reserve for tuning
-    # (10 + 5 x 1 s + 0.15 x 8 images). The clock reads 10 s later each time, so the plan, at
-    # t = 20 of 70, is 25 steps (3 epochs of 8 and one step of a 4th). Epoch 1 then seems to
-    # take 20 s; at t = 60 nothing more fits: stop.
+    # Measured before training: 1 s a step, 2 s to close an epoch; a 17.4 s reserve (tuning:
+    # 10 + 5 x 1 s + 0.15 x 8 images; 2% of the budget). The clock reads 10 s later each time,
+    # so the plan, at t = 20 of 70, is 24 steps (3 epochs of 8). Epoch 1 then seems to take
+    # 20 s; at t = 60 nothing more fits: stop.
     timing = budget.Timing(step_s=1.0, overhead_s=2.0, val_s=1.0, compile_s=0.0)
     monkeypatch.setattr(budget, "measure", lambda setup, state, clock: timing)
     config = replace(tiny_config, train={"epochs": 6})
@@ -430,18 +430,19 @@ def test_a_run_that_falls_behind_its_budget_stops_after_the_last_epoch_that_fits
     )
     assert row["budget"] and row["epoch"] == 1
     facts = run_folder.read_facts(tmp_path / "run")
-    assert (facts.epochs, facts.steps) == (4, 25)  # the plan is saved
+    assert (facts.epochs, facts.steps) == (3, 24)  # the plan is saved
     out = capsys.readouterr().out
-    assert "time budget 1 min: 4 epochs (the last 1 of 8 batches) planned" in out
-    assert "time budget: stopping after epoch 1 of 4" in out
+    assert "time budget 1 min: 3 epochs planned" in out
+    assert "time budget: stopping after epoch 1 of 3" in out
 
 
 @pytest.mark.slow
 def test_the_budget_is_planned_again_after_each_epoch_and_the_last_epoch_cut(
     tiny_config, tmp_path, monkeypatch, capsys
 ):
-    # A 30 s budget on a clock that reads 1 s later each time (started at 1: the deadline is
-    # 31); 0.125 s a step and 1 s to close an epoch, an 11.2 s reserve. Planned at t = 2: 70
+    # A 30.6 s budget on a clock that reads 1 s later each time (started at 1: the deadline is
+    # 31.6); 0.125 s a step and 1 s to close an epoch, an 11.8 s reserve (tuning 11.2 s, 2% of
+    # the budget 0.6 s), so training must end by t = 19.8. Planned at t = 2: 70
     # steps. Each epoch then reads the clock 4 times (4 s where 2 s were planned), so every
     # epoch's re-plan is shorter: 62, 54, 46, then 38 steps after epoch 4 (t = 18): the fifth
     # epoch stops after 6 of its 8 batches, closes, and the run ends on its plan.
@@ -449,9 +450,9 @@ def test_the_budget_is_planned_again_after_each_epoch_and_the_last_epoch_cut(
     monkeypatch.setattr(budget, "measure", lambda setup, state, clock: timing)
     config = replace(tiny_config, train={"epochs": 20})
     run = tmp_path / "run"
-    row = loop.fit(config, run, RunOptions(progress=False, time_budget=0.5), clock=StepClock(1))
+    row = loop.fit(config, run, RunOptions(progress=False, time_budget=0.51), clock=StepClock(1))
     out = capsys.readouterr().out
-    assert "time budget 0.5 min: 9 epochs (the last 6 of 8 batches) planned" in out
+    assert "time budget 0.51 min: 9 epochs (the last 6 of 8 batches) planned" in out
     replans = [line for line in out.splitlines() if "re-planned to" in line]
     assert [line.split(" (was")[0].split("to ")[1] for line in replans] == [
         "8 epochs (the last 6 of 8 batches)",

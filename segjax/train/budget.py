@@ -140,7 +140,8 @@ def plan(setup: Setup, state, at: int, minutes: float | None, started: float, cl
         return setup, None
     tc, spe = setup.config.train, setup.steps_per_epoch
     timing = measure(setup, state, clock)
-    reserve_s = tuning_reserve(timing, len(setup.splits.val))
+    # tuning, and 2% of the budget for the estimates' errors (an epoch's time varies)
+    reserve_s = tuning_reserve(timing, len(setup.splits.val)) + 0.02 * 60.0 * minutes
     deadline = started + 60.0 * minutes
     most = tc.epochs * spe
     available = deadline - clock() - reserve_s
