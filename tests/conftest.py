@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -76,3 +78,19 @@ def ccp_or_skip() -> Path:
     if not (CCP / "images").is_dir():
         pytest.skip(f"real-photo data not found at {CCP} (it ships beside the repository only)")
     return CCP
+
+
+@contextlib.contextmanager
+def count_traces():
+    """Within: how many times each function is traced (so compiled), by name."""
+    traced: collections.Counter = collections.Counter()
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            traced[kwargs.get("fun_name")] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield traced
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +11,7 @@ from segjax.config import RunOptions, replace
 from segjax.data import augment
 from segjax.errors import UserError
 from segjax.train import budget, loop, metrics_log, run_folder, start
+from tests.conftest import count_traces
 from tests.test_train import assert_same_run
 
 
@@ -63,17 +62,8 @@ def test_progressive_resizing_compiles_once_per_size_and_resumes_in_either_phase
     config = replace(
         tiny_config, train={"epochs": 4, "small_size": (16, 16), "small_fraction": 0.5}
     )
-    traced = collections.Counter()
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/jaxpr_trace_duration":
-            traced[kwargs.get("fun_name")] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with count_traces() as traced:
         loop.fit(config, tmp_path / "straight", RunOptions(progress=False))
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert traced["train_step"] == 2
     assert run_folder.read_facts(tmp_path / "straight").small_epochs == 2
     resumed = tmp_path / "resumed"

@@ -363,24 +363,11 @@ def test_unet_valid_trains_and_previews_whole_images(demo_dir, tmp_path):
 def test_training_traces_each_step_function_once(demo_dir, tmp_path):
     """Three epochs with validation and previews, planned by a time budget (which times the
     steps on a throwaway state first): no step is traced (so compiled) again."""
-    import collections
+    from tests.conftest import count_traces, make_tiny_config
 
-    import jax.monitoring
-
-    from tests.conftest import make_tiny_config
-
-    traced = collections.Counter()
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/jaxpr_trace_duration":
-            traced[kwargs.get("fun_name")] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with count_traces() as traced:
         config = make_tiny_config(demo_dir, epochs=3)
         loop.fit(config, tmp_path / "run", RunOptions(progress=False, time_budget=30))
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert len(metrics_log.read_metrics(tmp_path / "run" / "metrics.jsonl")) == 3
     assert (tmp_path / "run" / "previews" / "epoch_003.png").exists()
     # The previews come from the evaluation step's probabilities: nothing else is compiled.
