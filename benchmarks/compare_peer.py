@@ -16,6 +16,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -48,7 +49,10 @@ def main() -> None:
     budget = ["--time-budget", str(args.time_budget), "--seed", str(args.seed)]
     segjax = ["segjax", "train", *common, *split, *budget, "--run-dir", str(run_dir)]
     segjax += ["--no-progress", "--overwrite", *shlex.split(args.segjax_flags)]
-    run(segjax)
+    tic = time.time()
+    log = run(segjax)
+    wall = (time.time() - tic) / 60
+    (run_dir / "train.log").write_text(log)  # the plans and epochs, as printed
     run(["segjax", "evaluate", "--run-dir", str(run_dir), "--split", "test"])
     results = json.loads((run_dir / "evaluation_test.json").read_text())["results"]
     tta = json.loads((run_dir / "tuned.json").read_text())["tta"]
@@ -61,6 +65,10 @@ def main() -> None:
             "mean_dice"
         ],
         "segjax_epochs": len((run_dir / "metrics.jsonl").read_text().splitlines()),
+        "segjax_steps": json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])[
+            "step"
+        ],
+        "segjax_wall_minutes": wall,  # the whole train command, tuning included
     }
     if not args.no_peer:
         peer = [sys.executable, "-m", "benchmarks.pytorch_peer", *common, *split]
