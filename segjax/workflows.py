@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segjax.config import Config, RunOptions
+from segjax.data import decode
 from segjax.inference import analysis, ensemble, pseudo
 from segjax.inference.postprocess import PostProcess
 from segjax.train import folds, loop, metrics_log, run_folder
@@ -23,8 +24,12 @@ def train_and_tune(config: Config, run_dir: str | Path, options: RunOptions = Ru
     """
     run_dir = Path(run_dir)
     extra = None
-    if config.train.pseudo_label:  # labelled again on a resume, and checked against the record
-        arrays = pseudo.label_test(config.train.pseudo_label, config)
+    if config.train.pseudo_label:  # a resume reads the run's own copy (checked by its record)
+        kept = run_dir / run_folder.PSEUDO_FILE
+        if options.resume and kept.exists():
+            arrays = decode.load_arrays(kept)
+        else:
+            arrays = pseudo.label_test(config.train.pseudo_label, config)
         record = pseudo.record(arrays, config.train.pseudo_label)
         print(f"pseudo-labels: {record}", flush=True)
         extra = (arrays, record)

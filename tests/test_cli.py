@@ -118,9 +118,9 @@ def test_run_folders(tmp_path):
 
 @pytest.mark.slow
 def test_train_script_end_to_end_with_resume(demo_dir, tmp_path, monkeypatch, capsys):
-    """The real command line: train 1 of 2 epochs, resume (the original command with --resume
-    and a longer --epochs), refuse a reused name and a changed flag (the same command, in
-    this process: a refusal needs no new one), then submit."""
+    """The real command line: train 1 of 2 epochs (a process of its own), then, as the same
+    command in this process: refuse a reused name and a changed flag, resume (the original
+    command with --resume and a longer --epochs), submit."""
     common = [
         "--data-dir",
         str(demo_dir),
@@ -160,15 +160,14 @@ def test_train_script_end_to_end_with_resume(demo_dir, tmp_path, monkeypatch, ca
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
-    second = run([*train, *common, "--resume", "--epochs", "3"])
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "the cosine schedule now spans 3 epochs" in second.stdout
-    assert "epoch   3" in second.stdout and "epoch   1 " not in second.stdout
+    commands.run("train", [*common, "--resume", "--epochs", "3"])
+    second = capsys.readouterr().out
+    assert "the cosine schedule now spans 3 epochs" in second
+    assert "epoch   3" in second and "epoch   1 " not in second
     assert (run_dir / "tuned.json").exists()
     assert load_config(run_dir / "config.json").train.epochs == 3
-    submit = run([sys.executable, str(ROOT / "scripts/submit.py"), "--no-progress"])
-    assert submit.returncode == 0, submit.stderr[-3000:]
-    assert "submission.csv: 9 rows" in submit.stdout
+    commands.run("submit", ["--no-progress"])
+    assert "submission.csv: 9 rows" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax.config import RunOptions, replace
+from segjax.config import RunFacts, RunOptions, replace
 from segjax.data import augment
 from segjax.errors import UserError
 from segjax.train import budget, loop, metrics_log, run_folder, start
@@ -51,6 +52,34 @@ def test_the_planner_counts_the_cheaper_steps_of_the_smaller_phase():
     # Without a smaller phase: the one-size plan.
     plain = timing._replace(small_step_s=0.0)
     assert budget.first_plan(100, plain, at=0, spe=10, most=1000, fraction=0.4) == (65, 0)
+
+
+def test_the_smaller_phase_leaves_at_least_one_epoch_at_the_full_size():
+    assert start.small_phase(0.4, 10) == 4
+    assert start.small_phase(0.75, 2) == 1  # round(1.5) = 2 would leave none
+    assert start.small_phase(0.4, 1) == 0
+
+
+def test_a_plan_that_would_end_in_the_smaller_phase_ends_that_phase_sooner(tiny_config):
+    """After epoch 2 of a plan with 4 small epochs, only 9 s are left: the small phase alone
+    (20 steps x 0.5 s + 2 closings) would not fit, so it ends after epoch 3 and the run after 2
+    full-size steps: 10 x 0.5 + 1 closing + 2 x 1 s + 1 closing = 9 s."""
+
+    @flax.struct.dataclass
+    class State:
+        schedule_steps: jax.Array
+
+    config = replace(tiny_config, train={"epochs": 20, "small_size": (16, 16)})
+    facts = RunFacts(epochs=10, steps=100, small_epochs=4)
+    setup = start.Setup(config, facts, None, None, 10, None, None, None, False)
+    timing = budget.Timing(1.0, 1.0, 0.0, 0.0, small_step_s=0.5)
+    plan = budget.Budget(deadline=10.0, epoch_s=0.0, reserve_s=0.0, clock=lambda: 0.0)
+    runner = loop.Loop(setup, None, plan, None, False, lambda: 0.0)
+    runner, state, stop = runner.replan(State(jnp.int32(100)), timing, at=20)
+    assert not stop
+    got = runner.setup.facts
+    assert (got.epochs, got.steps, got.small_epochs) == (4, 32, 3)
+    assert int(state.schedule_steps) == 32
 
 
 @pytest.mark.slow

@@ -40,6 +40,15 @@ def test_pseudo_labels_only_from_a_run_of_the_same_data_and_split(trained_run):
             pseudo.label_test(trained_run, replace(config, data=change))
 
 
+def test_a_k_fold_teacher_labels_only_for_folds_of_its_split(trained_run, tmp_path):
+    config, _ = run_folder.read_run(trained_run)
+    folder = tmp_path / "cv"
+    folder.mkdir()
+    (folder / run_folder.FOLDS_FILE).write_text('{"folds": 3, "done": [0, 1, 2]}')
+    with pytest.raises(UserError, match="k-fold folder: its folds trained on every"):
+        pseudo.label_test(folder, config)
+
+
 def test_extra_images_join_only_the_training_split(trained_run):
     config, _ = run_folder.read_run(trained_run)
     splits = sources.load_splits(config)
@@ -66,7 +75,10 @@ def test_a_run_trains_on_its_pseudo_labels_and_resumes_only_with_the_same(traine
     assert row["step"] == (labelled + tests) // batch  # an epoch covers both
     facts = run_folder.read_facts(run)
     assert facts.pseudo_labels.startswith(f"{tests} test images labelled by {trained_run}")
+    kept = decode.load_arrays(run / run_folder.PSEUDO_FILE)  # what a resume trains on
     arrays = pseudo.label_test(trained_run, config)
+    assert kept.ids == arrays.ids and pseudo.record(kept, trained_run) == facts.pseudo_labels
+    np.testing.assert_array_equal(kept.masks, arrays.masks)
     changed = arrays._replace(masks=1 - arrays.masks)
     record = pseudo.record(changed, trained_run)
     with pytest.raises(UserError, match="pseudo-labels differ"):

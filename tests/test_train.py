@@ -407,8 +407,9 @@ def test_a_run_that_falls_behind_its_budget_stops_after_the_last_epoch_that_fits
 ):
     # Measured before training: 1 s a step, 2 s to close an epoch; a 17.4 s reserve (tuning:
     # 10 + 5 x 1 s + 0.15 x 8 images; 2% of the budget). The clock reads 10 s later each time,
-    # so the plan, at t = 20 of 70, is 24 steps (3 epochs of 8). Epoch 1 then seems to take
-    # 20 s; at t = 60 nothing more fits: stop.
+    # so the plan, at t = 20 of 70, is 24 steps (3 epochs of 8). After epoch 1's steps (t = 40)
+    # the re-plan, at t = 50, finds that nothing more fits: stop after this epoch, and the
+    # record says where the run ended.
     timing = budget.Timing(step_s=1.0, overhead_s=2.0, val_s=1.0, compile_s=0.0)
     monkeypatch.setattr(budget, "measure", lambda setup, state, clock: timing)
     config = replace(tiny_config, train={"epochs": 6})
@@ -417,48 +418,65 @@ def test_a_run_that_falls_behind_its_budget_stops_after_the_last_epoch_that_fits
     )
     assert row["budget"] and row["epoch"] == 1
     facts = run_folder.read_facts(tmp_path / "run")
-    assert (facts.epochs, facts.steps) == (3, 24)  # the plan is saved
+    assert (facts.epochs, facts.steps) == (1, 8)
     out = capsys.readouterr().out
     assert "time budget 1 min: 3 epochs planned" in out
-    assert "time budget: stopping after epoch 1 of 3" in out
+    assert "stopping after epoch 1, the next would not end in time (the plan was 3 epochs)" in out
+
+
+class ManualClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.mark.slow
 def test_the_budget_is_planned_again_after_each_epoch_and_the_last_epoch_cut(
     tiny_config, tmp_path, monkeypatch, capsys
 ):
-    # A 30.6 s budget on a clock that reads 1 s later each time (started at 1: the deadline is
-    # 31.6); 0.125 s a step and 1 s to close an epoch, an 11.8 s reserve (tuning 11.2 s, 2% of
-    # the budget 0.6 s), so training must end by t = 19.8. Planned at t = 2: 70
-    # steps. Each epoch then reads the clock 4 times (4 s where 2 s were planned), so every
-    # epoch's re-plan is shorter: 62, 54, 46, then 38 steps after epoch 4 (t = 18): the fifth
-    # epoch stops after 6 of its 8 batches, closes, and the run ends on its plan.
-    timing = budget.Timing(step_s=0.125, overhead_s=1.0, val_s=0.0, compile_s=0.0)
+    # A 30 s budget with a 12.45 s reserve (tuning: 10 + 5 x 0.13 s + 0.15 x 8 images; 2% of
+    # the budget): 17.55 s for training. Timed before the first step: 0.125 s a step and 1 s to
+    # close an epoch, so 68 steps fit (9 epochs, the last cut after 4 of its 8 batches). The
+    # steps really take 0.25 s (the clock moves as they run, and 1 s per closing), so the plan
+    # made after epoch 1 is 46 steps: 6 epochs, the last cut after 6 batches. It holds from then
+    # on, and the run ends at 17.5 s, on its plan.
+    clock = ManualClock()
+    timing = budget.Timing(step_s=0.125, overhead_s=1.0, val_s=0.13, compile_s=0.0)
     monkeypatch.setattr(budget, "measure", lambda setup, state, clock: timing)
+    train_epoch, close_epoch = loop.train_epoch, loop.Loop.close_epoch
+
+    def timed_epoch(setup, state, progress, *args):
+        done = train_epoch(setup, state, progress, *args)
+        clock.now += 0.25 * (done.batch - progress.batch)
+        return done
+
+    def timed_close(self, *args):
+        closed = close_epoch(self, *args)
+        clock.now += 1.0
+        return closed
+
+    monkeypatch.setattr(loop, "train_epoch", timed_epoch)
+    monkeypatch.setattr(loop.Loop, "close_epoch", timed_close)
     config = replace(tiny_config, train={"epochs": 20})
     run = tmp_path / "run"
-    row = loop.fit(config, run, RunOptions(progress=False, time_budget=0.51), clock=StepClock(1))
+    row = loop.fit(config, run, RunOptions(progress=False, time_budget=0.5), clock=clock)
     out = capsys.readouterr().out
-    assert "time budget 0.51 min: 9 epochs (the last 6 of 8 batches) planned" in out
-    replans = [line for line in out.splitlines() if "re-planned to" in line]
-    assert [line.split(" (was")[0].split("to ")[1] for line in replans] == [
-        "8 epochs (the last 6 of 8 batches)",
-        "7 epochs (the last 6 of 8 batches)",
-        "6 epochs (the last 6 of 8 batches)",
-        "5 epochs (the last 6 of 8 batches)",
-    ]
-    assert "budget" not in row and (row["epoch"], row["step"]) == (5, 38)
+    assert "time budget 0.5 min: 9 epochs (the last 4 of 8 batches) planned" in out
+    replans = [line.split(" (was")[0] for line in out.splitlines() if "re-planned to" in line]
+    assert replans == ["time budget: re-planned to 6 epochs (the last 6 of 8 batches)"]
+    assert "budget" not in row and (row["epoch"], row["step"]) == (6, 46)
+    assert clock.now == pytest.approx(17.5)
     facts = run_folder.read_facts(run)
-    assert (facts.epochs, facts.steps) == (5, 38)
-    assert [r["step"] for r in metrics_log.read_metrics(run / "metrics.jsonl")] == [
-        8,
-        16,
-        24,
-        32,
-        38,
-    ]
-    # The schedule ends with the run: the last step (37) ran at the rate of a 38-step schedule.
-    assert row["lr"] == pytest.approx(float(optim.learning_rate_at(config.train, 37, 38, 8)))
+    assert (facts.epochs, facts.steps) == (6, 46)
+    steps = [r["step"] for r in metrics_log.read_metrics(run / "metrics.jsonl")]
+    assert steps == [8, 16, 24, 32, 40, 46]
+    assert (run / "previews" / "epoch_006.png").exists()  # the cut epoch is the last: drawn
+    # The schedule ends with the run: the last step (45) ran at the rate of a 46-step schedule.
+    assert row["lr"] == pytest.approx(float(optim.learning_rate_at(config.train, 45, 46, 8)))
 
 
 def test_sigterm_mid_epoch_saves_the_position_and_resume_equals_never_stopping(

@@ -111,6 +111,29 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def save_arrays(path: str | os.PathLike, arrays: Arrays) -> None:
+    """Arrays as one .npz (no pickles), written atomically."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(
+                f,
+                ids=np.asarray(arrays.ids, dtype=str),
+                images=arrays.images,
+                masks=arrays.masks,
+                sizes=arrays.sizes,
+            )
+
+    write_atomic(path, write)
+
+
+def load_arrays(path: str | os.PathLike) -> Arrays:
+    """Arrays saved by `save_arrays` (pickles refused)."""
+    with np.load(path, allow_pickle=False) as saved:
+        ids = tuple(str(i) for i in saved["ids"])
+        return Arrays(ids, saved["images"], saved["masks"], saved["sizes"])
+
+
 def load(
     samples: Sequence[Sample],
     size: tuple[int, int],

@@ -18,6 +18,7 @@ from segjax.config import Config
 from segjax.data import decode, sources
 from segjax.errors import UserError
 from segjax.inference import ensemble, postprocess
+from segjax.train import run_folder
 
 SPLIT_SETTINGS = ("data_dir", "split_seed", "val_fraction", "test_fraction", "folds", "fold")
 
@@ -40,6 +41,14 @@ def label_test(source: str | os.PathLike, config: Config) -> decode.Arrays:
     `source` submits for them (its best checkpoint, tuned threshold, TTA and post-processing,
     at each image's original size), resized to the training size as labelled masks are."""
     source = Path(source)
+    if run_folder.is_folds(source):  # a k-fold teacher: this fold's run labels this fold's
+        if not config.data.folds:
+            raise UserError(
+                f"--pseudo-label {source} is a k-fold folder: its folds trained on every "
+                "labelled image, so also on this run's validation images; name a single run, "
+                "or train folds of the same split with it"
+            )
+        source = run_folder.fold_dir(source, config.data.fold)
     group = ensemble.load([source])
     check_teacher(group.members[0].loaded.config, config, source)
     teacher_arrays = ensemble.decode(group, sources.load_test)[0]

@@ -19,7 +19,7 @@ import numpy as np
 
 from segjax import parallel
 from segjax.train import validate
-from segjax.train.start import Setup
+from segjax.train.start import Setup, small_phase
 
 
 class Budget(NamedTuple):
@@ -95,7 +95,7 @@ def first_plan(available_s: float, timing: Timing, at: int, spe: int, most: int,
         return plan_steps(available_s, timing, at, spe, most), 0
     mean_s = fraction * timing.small_step_s + (1 - fraction) * timing.step_s
     rough = plan_steps(available_s, timing._replace(step_s=mean_s), at, spe, most)
-    small_epochs = round(fraction * -(-rough // spe))
+    small_epochs = small_phase(fraction, -(-rough // spe))
     return plan_phases(available_s, timing, at, spe, most, small_epochs * spe), small_epochs
 
 
@@ -139,6 +139,8 @@ def plan(setup: Setup, state, at: int, minutes: float | None, started: float, cl
     if not minutes:
         return setup, None
     tc, spe = setup.config.train, setup.steps_per_epoch
+    if at >= setup.schedule_steps:  # a finished run (resumed to tune it again): nothing to plan
+        return setup, None
     timing = measure(setup, state, clock)
     # tuning, and 2% of the budget for the estimates' errors (an epoch's time varies)
     reserve_s = tuning_reserve(timing, len(setup.splits.val)) + 0.02 * 60.0 * minutes

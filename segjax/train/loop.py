@@ -150,28 +150,29 @@ class Loop(NamedTuple):
                     progress, batch=done.batch, partial_losses=tuple(losses.tolist())
                 )
                 return loop.save_stop(state, progress, rows, replace_step)
-            steps_done = end - progress.batch
+            steps_done, cut = end - progress.batch, False
+            if self.budget is not None:  # planned again before the checkpoint, which keeps it
+                small = epoch < loop.setup.facts.small_epochs and loop.setup.steps.train_small
+                step_s = (trained - tic) / max(steps_done, 1)  # replaces its phase's estimate
+                timing = timing._replace(**{"small_step_s" if small else "step_s": step_s})
+                loop, state, cut = loop.replan(state, timing, epoch * spe + end)
             train = {"train_loss": float(np.mean(losses))}
             if state.dynamic_scale is not None:  # float16's loss scaling at work
                 scale = float(state.dynamic_scale.scale)
                 train.update(skipped_steps=done.skipped, loss_scale=scale)
             state, progress, rows = loop.close_epoch(state, progress, rows, train, replace_step)
             replace_step, epoch = None, epoch + 1
+            if timing is not None:  # this epoch's closing time, for the next plan (at least
+                first = self.budget.timing.overhead_s  # the first estimate: it drew a preview)
+                timing = timing._replace(overhead_s=max(self.clock() - trained, first))
             if loop.setup.lead:
                 log_timing(loop.setup.run_dir, epoch, done.seconds, steps_done * tc.batch_size)
                 report(rows[-1], progress, done.seconds)
-            if self.budget is not None and epoch * spe < loop.setup.schedule_steps:
-                # this epoch's times replace the estimate of its phase's
-                step_s, close_s = (trained - tic) / max(steps_done, 1), self.clock() - trained
-                small = epoch - 1 < loop.setup.facts.small_epochs and loop.setup.steps.train_small
-                phase = {"small_step_s" if small else "step_s": step_s}
-                timing = timing._replace(overhead_s=close_s, **phase)
-                loop, state, cut = loop.replan(state, timing, epoch)
-                if cut:
-                    return {**rows[-1], "budget": True}
+            if cut:
+                return {**rows[-1], "budget": True}
             if self.session is not None and epoch * spe < loop.setup.schedule_steps:
                 longest = max(longest, self.clock() - tic)
-                if not self.session.allows_another(longest):
+                if planner.agree(int(not self.session.allows_another(longest))):
                     print(
                         f"session limit: paused after epoch {epoch} of {loop.setup.epochs} "
                         "(the next would not end in time); the checkpoint is saved. Next "
@@ -185,33 +186,44 @@ class Loop(NamedTuple):
             return {**last, "stopped": [progress.epoch, progress.batch]}
         return last
 
-    def replan(self, state, timing: planner.Timing, epoch: int):
-        """The time budget's plan made again after `epoch` from its times: the loop with the
-        new plan, the state with the schedule's new length, and whether to stop now."""
+    def replan(self, state, timing: planner.Timing, at: int):
+        """The time budget's plan made again at step `at`, the end of an epoch whose
+        validation and checkpoint are still to come: the loop with the new plan, the state
+        with the schedule's new length, and whether to stop after this epoch. A plan that
+        would end in the smaller phase of progressive resizing ends that phase sooner."""
         setup, spe = self.setup, self.setup.steps_per_epoch
-        old = setup.schedule_steps
-        most = setup.config.train.epochs * spe
-        switch = setup.facts.small_epochs * spe
-        steps = planner.replan(self.budget, timing, epoch * spe, spe, most, switch)
-        if steps == old:
+        old, small, most = (
+            setup.schedule_steps,
+            setup.facts.small_epochs,
+            setup.config.train.epochs * spe,
+        )
+        budget = self.budget._replace(reserve_s=self.budget.reserve_s + timing.overhead_s)
+        steps = planner.replan(budget, timing, at, spe, most, small * spe)
+        done = -(-at // spe)  # epochs done, this one included
+        if steps <= small * spe and small > done:
+            small = planner.agree(max(done, -(-steps // spe) - 1))
+            steps = planner.replan(budget, timing, at, spe, most, small * spe)
+        if steps == old and small == setup.facts.small_epochs:
             return self, state, False
-        if steps <= epoch * spe:
-            print(
-                f"time budget: stopping after epoch {epoch} of {setup.epochs}, the next would "
-                "not end in time",
-                flush=True,
-            )
-            return self, state, True
-        setup = planner.with_plan(setup, steps)
+        stop = steps <= at
+        steps = at if stop else steps
+        setup = planner.with_plan(setup, steps, small)
         if setup.lead:
             run_folder.write_run(setup.run_dir, setup.config, setup.facts)
-        print(
-            f"time budget: re-planned to {planner.describe_plan(steps, spe)} (was "
-            f"{planner.describe_plan(old, spe)}) from epoch {epoch}'s times: "
-            f"{timing.step_s:.2f} s a step, {timing.overhead_s:.1f} s to close an epoch",
-            flush=True,
-        )
-        return self._replace(setup=setup), with_schedule(state, steps), False
+        if stop:
+            print(
+                f"time budget: stopping after epoch {done}, the next would not end in time "
+                f"(the plan was {planner.describe_plan(old, spe)})",
+                flush=True,
+            )
+        else:
+            print(
+                f"time budget: re-planned to {planner.describe_plan(steps, spe)} (was "
+                f"{planner.describe_plan(old, spe)}) from epoch {done}'s times: "
+                f"{timing.step_s:.2f} s a step, {timing.overhead_s:.1f} s to close an epoch",
+                flush=True,
+            )
+        return self._replace(setup=setup), with_schedule(state, steps), stop
 
     def close_epoch(self, state, progress: Progress, rows: tuple, train: dict, replace_step):
         """Validate, checkpoint, draw and log a finished epoch; the new state, progress, rows."""
@@ -288,6 +300,8 @@ def train_epoch(
     train = setup.steps.train_at(epoch < setup.facts.small_epochs)  # progressive resizing
     with parallel.Prefetcher(batches, make) as feed:
         for index, batch in feed:
+            if index >= spe:  # a resume past a shortened plan's end
+                break
             state, out = train(state, batch, rng)
             step_losses.append(out["loss"])
             skipped += [out["skipped"]] if "skipped" in out else []

@@ -18,6 +18,7 @@ RUNS_ROOT = Path("runs")
 CONFIG_FILE = "config.json"  # the user's settings: the model is rebuilt from them
 FACTS_FILE = "run.json"  # what the run found: normalisation, compute dtype, weights, epochs
 FOLDS_FILE = "folds.json"  # marks a k-fold folder: runs/<name>/fold-<I>/ are its runs
+PSEUDO_FILE = "pseudo_labels.npz"  # --pseudo-label: the labelled test images it trains on
 # Everything segjax writes into a run folder (--overwrite removes these and nothing else).
 RUN_FILES = (
     CONFIG_FILE,
@@ -36,6 +37,7 @@ RUN_FILES = (
     "worst_val.png",
     "worst_test.png",
     FOLDS_FILE,
+    PSEUDO_FILE,
 )
 # Settings a resume may change: they do not change the model, data, split, loss or optimizer.
 RESUMABLE = {

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from segjax import parallel
 from segjax.config import Config, RunFacts, check
-from segjax.data import sampling, sources
+from segjax.data import decode, sampling, sources
 from segjax.data.decode import Arrays
 from segjax.errors import DataError, UserError
 from segjax.models import pretrained
@@ -81,6 +81,12 @@ def check_image_size(config: Config) -> None:
         )
 
 
+def small_phase(fraction: float, epochs: int) -> int:
+    """Progressive resizing's smaller phase: the share `fraction` of `epochs`, leaving at least
+    one epoch at the full size."""
+    return min(round(fraction * epochs), max(epochs - 1, 0))
+
+
 def initial_facts(config: Config, splits: sources.Splits) -> RunFacts:
     """What a new run knows before its first step: the normalisation statistics of its
     training images, its compute dtype, its schedule's length."""
@@ -88,7 +94,7 @@ def initial_facts(config: Config, splits: sources.Splits) -> RunFacts:
     tc = config.train
     chosen = precision.choose(tc.precision, precision.this_device())
     dtype = precision.COMPUTE_DTYPES[chosen]
-    small = round(tc.small_fraction * tc.epochs) if tc.small_size else 0
+    small = small_phase(tc.small_fraction, tc.epochs) if tc.small_size else 0
     return RunFacts(mean=mean, std=std, dtype=dtype, epochs=tc.epochs, small_epochs=small)
 
 
@@ -125,7 +131,10 @@ def start(
     if resuming:
         return _resume(_with_manager(setup), state)
     begun = _fresh(setup, state)
-    return begun._replace(setup=_with_manager(begun.setup))
+    begun = begun._replace(setup=_with_manager(begun.setup))
+    if extra is not None and lead:  # kept, so that a resume trains on these very labels
+        decode.save_arrays(run_dir / run_folder.PSEUDO_FILE, extra[0])
+    return begun
 
 
 def _with_extra(splits, facts: RunFacts, extra: Extra, resuming: bool, run_dir: Path):
