@@ -131,6 +131,15 @@ def describe_plan(steps: int, spe: int) -> str:
     return f"{epochs} epochs" + (f" (the last {cut} of {spe} batches)" if cut else "")
 
 
+def describe_timing(timing: Timing, setup: Setup) -> str:
+    """ "0.90 s a step, 3.1 s to close an epoch", with the smaller size's step when it has one."""
+    steps = f"{timing.step_s:.2f} s a step"
+    if timing.small_step_s and setup.facts.small_epochs:
+        (h, w), (H, W) = setup.config.train.small_size, setup.config.data.image_size
+        steps = f"{timing.small_step_s:.2f} s a step at {h}x{w}, {timing.step_s:.2f} s at {H}x{W}"
+    return f"{steps}, {timing.overhead_s:.1f} s to close an epoch"
+
+
 def plan(setup: Setup, state, at: int, minutes: float | None, started: float, clock):
     """With a budget: time the steps on a throwaway copy of the state (compiling what training
     uses anyway), plan the steps that fit from step `at` (at least to the end of the current

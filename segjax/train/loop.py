@@ -220,7 +220,7 @@ class Loop(NamedTuple):
             print(
                 f"time budget: re-planned to {planner.describe_plan(steps, spe)} (was "
                 f"{planner.describe_plan(old, spe)}) from epoch {done}'s times: "
-                f"{timing.step_s:.2f} s a step, {timing.overhead_s:.1f} s to close an epoch",
+                f"{planner.describe_timing(timing, setup)}",
                 flush=True,
             )
         return self._replace(setup=setup), with_schedule(state, steps), stop
