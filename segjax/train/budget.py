@@ -152,8 +152,9 @@ def plan(setup: Setup, state, at: int, minutes: float | None, started: float, cl
     if at >= setup.schedule_steps:  # a finished run (resumed to tune it again): nothing to plan
         return setup, None
     timing = measure(setup, state, clock)
-    # tuning, and 2% of the budget for the estimates' errors (an epoch's time varies)
-    reserve_s = tuning_reserve(timing, len(setup.splits.val)) + 0.02 * 60.0 * minutes
+    # tuning, and 3% of the budget for the estimates' errors (an epoch's time varies) and what
+    # runs before the clock starts (the interpreter)
+    reserve_s = tuning_reserve(timing, len(setup.splits.val)) + 0.03 * 60.0 * minutes
     deadline = started + 60.0 * minutes
     most = tc.epochs * spe
     available = deadline - clock() - reserve_s
