@@ -142,7 +142,7 @@ class Loop(NamedTuple):
             timed = self.budget is not None or self.session is not None
             tic = self.clock() if timed else 0.0
             done = train_epoch(loop.setup, state, progress, rng, self.show, self.stop, end)
-            trained = self.clock() if timed else 0.0
+            trained = self.clock() if self.budget is not None else 0.0
             state = done.state
             losses = np.concatenate([np.asarray(progress.partial_losses, np.float32), done.losses])
             if done.batch < end:  # a signal came mid-epoch
