@@ -47,6 +47,8 @@ def test_a_k_fold_teacher_labels_only_for_folds_of_its_split(trained_run, tmp_pa
     (folder / run_folder.FOLDS_FILE).write_text('{"folds": 3, "done": [0, 1, 2]}')
     with pytest.raises(UserError, match="k-fold folder: its folds trained on every"):
         pseudo.label_test(folder, config)
+    with pytest.raises(UserError, match="--pseudo-label .*nothing: not a segjax run folder"):
+        pseudo.label_test(tmp_path / "nothing", config)
 
 
 def test_extra_images_join_only_the_training_split(trained_run):

@@ -49,10 +49,20 @@ def label_test(source: str | os.PathLike, config: Config) -> decode.Arrays:
                 "or train folds of the same split with it"
             )
         source = run_folder.fold_dir(source, config.data.fold)
+    if not (source / run_folder.CONFIG_FILE).is_file():
+        raise UserError(
+            f"--pseudo-label {source}: not a segjax run folder (no {run_folder.CONFIG_FILE}); "
+            "name a finished run, e.g. runs/<name>"
+        )
     group = ensemble.load([source])
     check_teacher(group.members[0].loaded.config, config, source)
     teacher_arrays = ensemble.decode(group, sources.load_test)[0]
-    ours = sources.load_test(config.data)
+    teacher_data = group.members[0].loaded.config.data
+    same_decode = (teacher_data.image_size, teacher_data.grayscale) == (
+        config.data.image_size,
+        config.data.grayscale,
+    )
+    ours = teacher_arrays if same_decode else sources.load_test(config.data)
     if list(ours.ids) != list(teacher_arrays.ids):
         raise UserError(f"--pseudo-label {source}: its test images differ from this run's data")
     post = ensemble.postprocess(group)

@@ -152,7 +152,7 @@ class Loop(NamedTuple):
                 return loop.save_stop(state, progress, rows, replace_step)
             steps_done, cut = end - progress.batch, False
             if self.budget is not None:  # planned again before the checkpoint, which keeps it
-                small = epoch < loop.setup.facts.small_epochs and loop.setup.steps.train_small
+                small = epoch < loop.setup.facts.small_epochs  # progressive resizing's phase
                 step_s = (trained - tic) / max(steps_done, 1)  # replaces its phase's estimate
                 timing = timing._replace(**{"small_step_s" if small else "step_s": step_s})
                 loop, state, cut = loop.replan(state, timing, epoch * spe + end)
