@@ -9,8 +9,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from segjax.compat import make_mesh
 from segjax.errors import UserError
 
 DATA_AXIS = "data"
@@ -18,7 +19,7 @@ DATA_AXIS = "data"
 
 def create_mesh() -> Mesh:
     # Auto axes: the compiler propagates shardings through vmap and reductions.
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+    return make_mesh((jax.device_count(),), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -79,9 +79,64 @@ def configure(fast_cpu: bool = True, compile_cache: bool = True, deterministic: 
                 current = f"{current} {flag}".strip()
         os.environ["XLA_FLAGS"] = current
     if compile_cache:
-        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir() / "jax"))
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        enable_compile_cache()
+
+
+# jaxlib 0.5.x crashes (segmentation fault or abort) while writing CPU executables to the
+# persistent cache: 1 to 5 of 8 cold-cache runs of a tiny training with 0.5.1 and 0.5.3;
+# 0.6.0, 0.6.2 and 0.7.2 ran 16 to 24 times each without one.
+CACHE_MIN_JAXLIB = (0, 6, 0)
+CACHE_SETTINGS = {  # every program is worth keeping: the small ones are many
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+    try:
+        text = importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return ()
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+def compile_cache_state() -> str:
+    """One line for `segjax info`: where compiled programs are kept, or why they are not."""
+    if _jaxlib_version() < CACHE_MIN_JAXLIB:
+        minimum = ".".join(map(str, CACHE_MIN_JAXLIB))
+        return f"off (this jaxlib crashes writing it; {minimum} and newer keep it)"
+    import jax
+
+    return jax.config.jax_compilation_cache_dir or "off"
+
+
+def enable_compile_cache() -> None:
+    """Keep compiled programs in `cache_dir()/jax` (unless the user chose a folder), so a second
+    run compiles nothing it compiled before.
+
+    jax reads its JAX_* environment variables when it is imported, so once jax is imported
+    (the command-line parser imports it for the registries' choices; a notebook has) the same
+    settings go through `jax.config`, and a cache that jax already found off is looked for
+    again. The environment is set too, for the processes this one starts.
+    """
+    if _jaxlib_version() < CACHE_MIN_JAXLIB:
+        return
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir() / "jax"))
+    for name, value in CACHE_SETTINGS.items():
+        os.environ.setdefault(name, value)
+    if "jax" not in sys.modules:
+        return  # jax reads the environment when it is imported
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if jax.config.jax_compilation_cache_dir:
+        return  # set before jax was imported, or by the user
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    seconds = float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", seconds)
+    size = int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"])
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", size)
+    compilation_cache.reset_cache()  # looked for again at the next compilation
 
 
 def reexec_with_hugepages() -> None:

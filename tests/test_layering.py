@@ -9,7 +9,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "segjax"
 # Lowest first. A module imports modules of its own layer and of the layers below, never above.
 LAYERS = (
-    ("shared", ("config", "errors", "files", "losses", "metrics", "parallel", "runtime", "viz")),
+    (
+        "shared",
+        ("compat", "config", "errors", "files", "losses", "metrics", "parallel", "runtime", "viz"),
+    ),
     ("data", ("data",)),
     ("models", ("models",)),
     ("train", ("train",)),

@@ -12,6 +12,7 @@ import pytest
 from jax.test_util import check_grads
 
 from segjax import losses
+from segjax.compat import enable_x64
 from segjax.config import ModelConfig
 from segjax.errors import UserError
 from segjax.models.builder import create_model
@@ -155,7 +156,7 @@ def test_upconv_equals_transposed_convolution_with_the_same_weights():
 
 @pytest.mark.parametrize("arch", ARCH_PARAMS)
 def test_gradients_match_finite_differences_in_float64(arch):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         config = tiny(arch, features=2)
         shape = (2, 8, 8, 3)
         model, variables, x = init(config, shape, jnp.float64, compute="float64")

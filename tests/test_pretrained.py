@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from segjax.compat import enable_x64
 from segjax.config import ModelConfig, RunOptions
 from segjax.errors import UserError
 from segjax.models import pretrained, weight_files
@@ -88,7 +89,7 @@ def test_lite_with_imagenet_weights_reproduces_pytorch_logits(encoder, depth, si
     ref = REFERENCE[encoder]
     x = np.random.default_rng(0).uniform(0, 1, (1, size, size, 3))
     x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
-    with jax.enable_x64(True):
+    with enable_x64(True):
         model = EfficientNetClassifier(depth=depth, dtype=jnp.float64, lite=True)
         template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(x)))
         path = pretrained.weights_file(encoder, "imagenet")
@@ -133,7 +134,7 @@ def test_resnet18_key_mapping_reproduces_torchvision_logits(tmp_path):
 
     ref = REFERENCE["resnet18"]
     x = np.random.default_rng(1).uniform(-2, 2, (1, 64, 64, 3))
-    with jax.enable_x64(True):
+    with enable_x64(True):
         model = ResNetClassifier(dtype=jnp.float64)
         template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(x)))
         path = tmp_path / "resnet18.safetensors"

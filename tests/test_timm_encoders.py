@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from segjax.compat import enable_x64
 from segjax.config import ModelConfig
 from segjax.errors import UserError
 from segjax.models import pretrained, weight_files
@@ -95,7 +96,7 @@ def test_timm_weights_from_a_hub_folder_reproduce_timms_logits(encoder, tmp_path
     path = pretrained.weights_file(encoder, str(tmp_path))
     assert path == tmp_path / "model.safetensors"
     x = np.random.default_rng(2).uniform(-2, 2, (1, 64, 64, 3))
-    with jax.enable_x64(True):
+    with enable_x64(True):
         model = CLASSIFIERS[encoder]()
         template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(x)))
         loaded = pretrained.map_state_dict(

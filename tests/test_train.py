@@ -42,7 +42,7 @@ def test_one_step(tiny_config):
     mesh = parallel.create_mesh()
     steps = create_steps(config, facts, mesh, 10)
     state = create_train_state(config, jax.random.key(0), 10)
-    before = jax.tree.map(np.asarray, state.params)
+    before = jax.tree.map(np.array, state.params)  # a copy: the step donates the state
     state, out = steps.train(state, parallel.shard_batch(batch, mesh), jax.random.key(1))
     assert int(state.step) == 1
     assert np.isfinite(float(out["loss"]))
@@ -51,7 +51,13 @@ def test_one_step(tiny_config):
     # change moves it, print float(out["loss"]) here and paste the new value.
     # Regenerated once when the parameters moved under encoder/ and decoder/ (Flax seeds each
     # parameter from its path); test_models checks that old-layout weights give equal logits.
-    assert float(out["loss"]) == pytest.approx(1.6969159, rel=1e-4), float(out["loss"])
+    # Computed with jax 0.10.2 on one CPU; other CPUs and the floor jax (0.5.2: 1.6971354)
+    # differ in float32 rounding, which Adam's first update magnifies: it moves every parameter
+    # by about the learning rate whatever its gradient's size, so a gradient at rounding level
+    # (one that another summation order flips in sign) still moves its parameter fully. The
+    # tolerance, 5e-4, is 4x the largest difference seen (1.3e-4) and half of what a 10%
+    # larger learning rate does to this loss (1.1e-3).
+    assert float(out["loss"]) == pytest.approx(1.6969159, rel=5e-4), float(out["loss"])
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, state.params)
     assert all(jax.tree.leaves(changed))
 
@@ -553,7 +559,7 @@ def test_the_moving_average_follows_the_weights_and_is_what_validation_sees(tiny
     mesh = parallel.create_mesh()
     steps = create_steps(config, facts, mesh, 10)
     state = create_train_state(config, jax.random.key(0), 10, facts)
-    start_params = jax.device_get(state.params)
+    start_params = jax.tree.map(np.array, state.params)  # a copy: the step donates the state
     state, _ = steps.train(state, parallel.shard_batch(batch, mesh), jax.random.key(1))
     expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, start_params, state.params)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema["params"]), strict=True):

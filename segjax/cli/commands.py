@@ -293,11 +293,8 @@ def info(args: argparse.Namespace) -> None:
 
     print(f"segjax {version('segjax')}, jax {jax.__version__}, jaxlib {version('jaxlib')}")
     print(f"devices: {devices()}")
-    for name, flags_ in (
-        ("XLA_FLAGS", "XLA_FLAGS"),
-        ("compilation cache", "JAX_COMPILATION_CACHE_DIR"),
-    ):
-        print(f"{name}: {os.environ.get(flags_, '') or '(none)'}")
+    print(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '') or '(none)'}")
+    print(f"compilation cache: {runtime.compile_cache_state()}")
     print(f"cache: {runtime.cache_dir()} (demo data, decoded arrays, compiled programs)")
 
 
