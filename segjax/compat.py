@@ -8,9 +8,17 @@ from June to December 2025); tests/test_floors.py installs exactly those and tra
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
+import jax.monitoring
 from jax.sharding import Mesh
+
+if not hasattr(jax.monitoring, "record_scalar"):
+    # orbax-checkpoint 0.11.24 and newer report a scalar through jax.monitoring.record_scalar,
+    # which jax 0.6 added; their metadata still admits jax 0.5, so pip pairs them. With no
+    # listener of scalars in jax 0.5, recording one is nothing to do.
+    jax.monitoring.record_scalar = lambda event, value, **kwargs: None
 
 
 def make_mesh(shape: tuple[int, ...], names: tuple[str, ...]) -> Mesh:
@@ -31,3 +39,9 @@ def enable_x64(enabled: bool = True) -> contextlib.AbstractContextManager:
     from jax.experimental import enable_x64 as enable
 
     return enable() if enabled else disable_x64()
+
+
+def named_partial(fn, /, **bound):
+    """`functools.partial(fn, **bound)` that keeps `fn`'s name: jax before 0.6 names a jitted
+    partial "<unnamed wrapped function>" in its logs, compilation-cache keys and profiles."""
+    return functools.update_wrapper(functools.partial(fn, **bound), fn)

@@ -12,6 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from segjax.compat import make_mesh
+from segjax.config import Config, replace
 from segjax.errors import UserError
 
 DATA_AXIS = "data"
@@ -37,6 +38,36 @@ def check_batch_size(batch_size: int, what: str = "--batch-size") -> None:
             f"{what} {batch_size} does not split over {devices} devices: "
             f"use a multiple of {devices}"
         )
+
+
+def put_replicated(tree: Any, sharding: NamedSharding) -> Any:
+    """A value every process holds alike, placed on a sharding that may span processes
+    (`jax.device_put` accepts non-addressable devices from jax 0.6; here each process builds
+    its own shards, which works on every version)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    build = lambda x: jax.make_array_from_callback(
+        np.shape(x), sharding, lambda index: np.asarray(x)[index]
+    )
+    return jax.tree.map(build, tree)
+
+
+def fit_batch(batch_size: int, devices: int | None = None) -> int:
+    """The smallest multiple of the device count that is at least `batch_size`."""
+    devices = devices or jax.device_count()
+    return -(-batch_size // devices) * devices
+
+
+def fit_batches(config: Config, asked: set[str] = frozenset(), devices: int | None = None):
+    """The config with the batch sizes the user did not ask for (`asked`: field names) rounded
+    up to a multiple of the device count, so presets train anywhere (the demo's 4 on a TPU
+    v5e-8: 8). One that was asked for is kept as it is and checked where training starts."""
+    train = {
+        name: fit_batch(getattr(config.train, name), devices)
+        for name in ("batch_size", "eval_batch_size")
+        if name not in asked
+    }
+    return replace(config, train=train)
 
 
 def gather_batch(sources: dict[str, Any], indices: np.ndarray, mesh: Mesh) -> dict[str, jax.Array]:

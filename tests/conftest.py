@@ -82,15 +82,54 @@ def ccp_or_skip() -> Path:
 
 @contextlib.contextmanager
 def count_traces():
-    """Within: how many times each function is traced (so compiled), by name."""
+    """Within: how many times each function is traced (so compiled), by name.
+
+    Read from jax's own "Finished tracing <name> for jit" debug log (jax 0.5: "Finished
+    tracing + transforming <name> for pjit"), which every supported version writes.
+    """
+    import logging
+    import re
+
     traced: collections.Counter = collections.Counter()
+    pattern = re.compile(r"Finished tracing (?:\+ transforming )?(\S+) for p?jit")
 
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/jaxpr_trace_duration":
-            traced[kwargs.get("fun_name")] += 1
+    class Counter(logging.Handler):
+        def emit(self, record):
+            found = pattern.match(record.getMessage())
+            if found:
+                traced[found.group(1)] += 1
 
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    logger, handler = logging.getLogger("jax._src.dispatch"), Counter(logging.DEBUG)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
     try:
         yield traced
     finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def floor_versions() -> dict[str, str]:
+    """pyproject.toml's floors: every `name>=version` dependency, as {name: version}."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for requirement in project["dependencies"]:
+        name, _, version = requirement.partition(">=")
+        floors[name.strip()] = version.strip()
+    return floors
+
+
+def make_venv(path: Path, python: str | None = None) -> Path:
+    """A fresh virtual environment (of `python`, default this one); returns its python."""
+    import subprocess
+    import sys
+
+    subprocess.run([python or sys.executable, "-m", "venv", str(path)], check=True)
+    # The pip a venv starts with may be old: its resolver took minutes where today's takes
+    # seconds (pip 23.0 on Python 3.10, resolving the floors).
+    upgrade = [path / "bin" / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip"]
+    subprocess.run(upgrade, check=True)
+    return path / "bin" / "python"

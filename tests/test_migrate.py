@@ -96,7 +96,9 @@ def test_a_run_of_segjax_0_1_is_converted_and_submits_as_before(trained_run, tmp
     old = tmp_path / "old"
     shutil.copytree(trained_run, old)
     _as_segjax_0_1(old)
-    with pytest.raises(checkpoint.CheckpointError, match="holds no"):  # not as it is
+    # Not as it is. Orbax before 0.11.18 refuses the partial restore itself ("Missing keys");
+    # newer versions hand back placeholders, which segjax names ("holds no").
+    with pytest.raises(checkpoint.CheckpointError, match="holds no|Missing .* keys"):
         load_run(old)
     assert (
         migrate(old)

@@ -9,7 +9,7 @@ EfficientNet-Lite1 and Lite2's weights), resolved by pip together with `jax==<th
 that flax, optax and orbax-checkpoint are versions that install beside that jax; jax and jaxlib
 themselves are left out (the notebook keeps its own CUDA or TPU build). The check builds a venv
 holding exactly that jax and jaxlib from the package index (the "image"), installs the folder
-into it with `--no-index` and runs `segjax info` there. It needs the target's Python on
+into it with `--no-index` and trains one tiny epoch there. It needs the target's Python on
 this machine (python3.X on PATH or under pyenv); without it, the check is skipped and says so.
 
 Runs on Python 3.10 and newer, with nothing but pip.
@@ -55,8 +55,9 @@ def build_segjax(out: Path) -> Path:
     return wheel
 
 
-def download(out: Path, wheel: Path, jax: str, jaxlib: str | None, python: str,
-             platform: str | None) -> None:  # fmt: skip
+def download(
+    out: Path, wheel: Path, jax: str, jaxlib: str | None, python: str, platform: str | None
+) -> None:
     """segjax's wheel with its extras and every dependency, resolved against `jax==<jax>`."""
     target = ["--python-version", python, "--only-binary=:all:"]
     if platform:
@@ -71,16 +72,21 @@ def download(out: Path, wheel: Path, jax: str, jaxlib: str | None, python: str,
 
 
 def find_python(version: str) -> str | None:
-    """An interpreter of `version` (3.X) on this machine, or None."""
+    """An interpreter of `version` (3.X) on this machine that runs, or None (a pyenv shim of a
+    version that is not selected is on PATH but does not run)."""
     if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
         return sys.executable
-    found = shutil.which(f"python{version}")
-    if found:
-        return found
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    for candidate in sorted(pyenv.glob(f"{version}.*"), reverse=True):
-        if (candidate / "bin" / "python").exists():
-            return str(candidate / "bin" / "python")
+    candidates = [shutil.which(f"python{version}")]
+    candidates += [str(p / "bin" / "python") for p in sorted(pyenv.glob(f"{version}.*"))[::-1]]
+    for candidate in filter(None, candidates):
+        probe = "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"
+        try:
+            said = subprocess.run([candidate, "-c", probe], capture_output=True, text=True)
+        except OSError:
+            continue
+        if said.returncode == 0 and said.stdout.strip() == version:
+            return candidate
     return None
 
 
@@ -97,19 +103,26 @@ def check(out: Path, jax: str, jaxlib: str | None, python: str) -> str:
         pip(bin_python, "install", *image)  # the image's own jax, from the index
         extras = ",".join(EXTRAS)
         pip(bin_python, "install", "--no-index", "--find-links", str(out), f"segjax[{extras}]")
-        # The command runs JAX there: devices, versions (`segjax info`).
-        result = subprocess.run(
-            [bin_python, "-m", "segjax", "info", "--default-xla-flags"],
+        # segjax there: its versions, then one tiny epoch of the demo (checkpoint included),
+        # which is where a package whose metadata admits a jax it cannot run with shows.
+        run = lambda *args: subprocess.run(
+            [bin_python, "-m", "segjax", *args, "--default-xla-flags"],
             capture_output=True,
             text=True,
             env={**os.environ, "SEGJAX_CACHE": str(Path(tmp) / "cache")},
             cwd=tmp,  # not the checkout, whose segjax would shadow the installed one
         )
-        if result.returncode != 0:
-            raise SystemExit(f"the folder installed but segjax does not run:\n{result.stderr}")
-        if f"jax {jax}," not in result.stdout:
-            raise SystemExit(f"the install replaced the image's jax {jax}:\n{result.stdout}")
-    return f"checked: installs with --no-index beside jax {jax} on Python {python}"
+        info = run("info")
+        if info.returncode != 0:
+            raise SystemExit(f"the folder installed but segjax does not run:\n{info.stderr}")
+        if f"jax {jax}," not in info.stdout:
+            raise SystemExit(f"the install replaced the image's jax {jax}:\n{info.stdout}")
+        tiny = ("--epochs", "1", "--image-size", "32", "--features", "4", "--depth", "2")
+        quiet = ("--encoder", "scratch", "--no-tune", "--no-progress")
+        trained = run("train", *tiny, *quiet, "--run-dir", str(Path(tmp) / "run"))
+        if trained.returncode != 0:
+            raise SystemExit(f"segjax installed but does not train there:\n{trained.stderr}")
+    return f"checked: installs with --no-index beside jax {jax} on Python {python}, and trains"
 
 
 def main(argv: list[str] | None = None) -> None:

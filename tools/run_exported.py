@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.export  # a submodule that jax before 0.6 does not import itself
 import numpy as np
 from PIL import Image
 

@@ -129,7 +129,7 @@ def fold_number(args: argparse.Namespace) -> int | None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from segjax import workflows
+    from segjax import parallel, workflows
     from segjax.train import run_folder
 
     started = float(os.environ["SEGJAX_START"].partition(":")[2])
@@ -153,6 +153,8 @@ def train(args: argparse.Namespace) -> None:
             raise UserError(f"{run_dir} validates on fold {config.data.fold}, not {args.fold}")
     else:
         config = flags.train_config(args)  # numbers checked before anything else
+        asked = {name for _, name in flags.given_fields(args)}
+        config = parallel.fit_batches(config, asked)  # presets split over any device count
         fold = fold_number(args)
         if fold is not None:
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=fold))

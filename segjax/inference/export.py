@@ -14,6 +14,7 @@ import json
 import os
 
 import jax
+import jax.export  # a submodule that jax before 0.6 does not import itself
 import jax.numpy as jnp
 
 from segjax.config import InferenceOptions, check

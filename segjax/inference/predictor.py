@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from segjax import parallel
+from segjax.compat import named_partial
 from segjax.config import Config, RunFacts
 from segjax.data import sampling
 from segjax.inference.run_loader import Loaded
@@ -24,7 +25,7 @@ def create_predict_fn(config: Config, facts: RunFacts, mesh, tta: bool):
 
     Cached on (config, facts, mesh, tta): a process compiles it once per run and TTA setting.
     """
-    fn = functools.partial(
+    fn = named_partial(
         apply.predict_probs,
         apply_fn=create_model(config.model, facts.dtype).apply,
         mean=facts.mean,
@@ -40,7 +41,7 @@ def iterate_probs(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (indices, probabilities [b, H, W]) batch by batch, pads dropped: one compiled shape."""
     mesh = mesh or parallel.create_mesh()
-    parallel.check_batch_size(batch_size)
+    batch_size = parallel.fit_batch(batch_size)  # padded anyway; the result does not change
     fn = create_predict_fn(loaded.config, loaded.facts, mesh, tta)
     make = lambda b: (*b, parallel.gather_batch({"image": images_u8}, b[0], mesh)["image"])
     pending = None  # dispatch batch i + 1 before handing out batch i: the caller's work overlaps

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 from orbax.checkpoint import checkpoint_managers as policies
 
+from segjax import compat  # noqa: F401 (what orbax needs of jax, on older jax)
 from segjax.errors import UserError
 from segjax.files import write_text
 

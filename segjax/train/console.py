@@ -44,12 +44,14 @@ def describe(setup: Setup, state, progress: Progress, options: RunOptions) -> No
         plan += f", session limit {options.session_limit:g} min"
     if options.stop_at_epoch:
         plan += f", stopping after epoch {options.stop_at_epoch}"
+    count = jax.device_count()
+    per_device = f" ({tc.batch_size // count} per device)" if count > 1 else ""
     lines = [
         f"devices:   {devices()}",
         f"precision: {chosen}{' (auto)' if tc.precision == 'auto' else ''}: compute "
         f"{facts.dtype}, parameters float32{scaling}",
         f"images:    {len(splits.train)} train, {len(splits.val)} validation, "
-        f"{len(splits.test)} held-out test, at {h}x{w}; batch {tc.batch_size}, "
+        f"{len(splits.test)} held-out test, at {h}x{w}; batch {tc.batch_size}{per_device}, "
         f"{setup.steps_per_epoch} steps an epoch",
         f"model:     {m.arch} decoder on the {m.encoder} encoder, {params:,} parameters",
         f"weights:   {weights}",

@@ -84,7 +84,7 @@ def fit(
 def with_schedule(state, steps: int):
     """The state with a schedule `steps` long, placed as the state is: no retrace."""
     return state.replace(
-        schedule_steps=jax.device_put(np.int32(steps), state.schedule_steps.sharding)
+        schedule_steps=parallel.put_replicated(np.int32(steps), state.schedule_steps.sharding)
     )
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from segjax import parallel
 from segjax.config import TrainConfig
 
 
@@ -110,5 +111,7 @@ def step_plateau(state, config: TrainConfig, val_loss: float):
         updates=jnp.zeros(()), state=state.plateau, value=jnp.asarray(val_loss)
     )
     old = hyperparams(state.opt_state)["learning_rate"]
-    rate = jax.device_put(jnp.asarray(config.lr * plateau.scale, jnp.float32), old.sharding)
+    rate = parallel.put_replicated(
+        jnp.asarray(config.lr * plateau.scale, jnp.float32), old.sharding
+    )
     return state.replace(plateau=plateau, opt_state=with_learning_rate(state.opt_state, rate))

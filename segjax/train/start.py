@@ -125,7 +125,9 @@ def start(
         splits, facts = _with_extra(splits, facts, extra, resuming, run_dir)
     spe = sampling.steps_per_epoch(len(splits.train), tc.batch_size)
     key = jax.random.fold_in(jax.random.key(tc.seed), 0)
-    state = jax.device_put(create_train_state(config, key, spe, facts), parallel.replicated(mesh))
+    state = parallel.put_replicated(
+        create_train_state(config, key, spe, facts), parallel.replicated(mesh)
+    )
     steps = create_steps(config, facts, mesh, spe)
     setup = Setup(config, facts, run_dir, splits, spe, steps, mesh, None, lead)
     if resuming:
@@ -214,7 +216,7 @@ def load_pretrained(state: TrainState, config: Config, mesh) -> tuple[TrainState
         template["batch_stats"] = state.batch_stats["encoder"]
     template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
     loaded, source = pretrained.load_file(m.encoder, path, template)
-    loaded = jax.device_put(loaded, parallel.replicated(mesh))
+    loaded = parallel.put_replicated(loaded, parallel.replicated(mesh))
     state = state.replace(params={**state.params, "encoder": loaded["params"]})
     if "batch_stats" in loaded:
         state = state.replace(batch_stats={**state.batch_stats, "encoder": loaded["batch_stats"]})

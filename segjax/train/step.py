@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax.training import train_state
 
 from segjax import losses, metrics, parallel
+from segjax.compat import named_partial
 from segjax.config import Config, RunFacts
 from segjax.data import augment
 from segjax.models import apply
@@ -165,7 +166,7 @@ def create_steps(config: Config, facts: RunFacts, mesh, steps_per_epoch: int) ->
     schedule = functools.partial(
         optim.learning_rate_at, config.train, steps_per_epoch=steps_per_epoch
     )
-    train = functools.partial(
+    train = named_partial(
         train_step,
         loss_fn=loss_fn,
         level=config.train.aug,
@@ -173,7 +174,7 @@ def create_steps(config: Config, facts: RunFacts, mesh, steps_per_epoch: int) ->
         ema=config.train.ema,
         **norm,
     )
-    evaluate = functools.partial(eval_step, loss_fn=loss_fn, **norm)
+    evaluate = named_partial(eval_step, loss_fn=loss_fn, **norm)
     jit_train = lambda f: jax.jit(
         f, in_shardings=(rep, shard, rep), out_shardings=(rep, rep), donate_argnums=0
     )
@@ -181,5 +182,5 @@ def create_steps(config: Config, facts: RunFacts, mesh, steps_per_epoch: int) ->
     return Steps(
         jit_train(train),
         jax.jit(evaluate, in_shardings=(rep, shard), out_shardings=shard),
-        jit_train(functools.partial(train, size=tuple(small))) if small else None,
+        jit_train(named_partial(train, size=tuple(small))) if small else None,
     )
