@@ -169,9 +169,16 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = option(8, "global batch, split over all devices", valid=AT_LEAST_1)
+    batch_size: int = option(
+        8,
+        "global batch, split over all devices (when not given: the preset's, rounded up to a "
+        "multiple of the device count)",
+        valid=AT_LEAST_1,
+    )
     eval_batch_size: int = option(
-        16, "evaluation and prediction batch (last one padded)", valid=AT_LEAST_1
+        16,
+        "evaluation and prediction batch (last one padded; rounded up as --batch-size)",
+        valid=AT_LEAST_1,
     )
     epochs: int = option(
         30, "epochs the schedule spans (with --time-budget: at most)", valid=AT_LEAST_1
