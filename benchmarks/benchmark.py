@@ -380,6 +380,14 @@ def benchmark_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--upsample", default="transpose", help="transpose, resize or nearest")
     parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="per-layer truth: every convolution of the (first) model alone, forward, input "
+        "and weight gradient, in each of segjax's forms and in PyTorch where installed "
+        "(benchmarks/layers.py)",
+    )
+    parser.add_argument("--json", help="--layers: also write its rows to this JSON-lines file")
+    parser.add_argument(
         "--default-xla-flags",
         action="store_true",
         help="measure without segjax's XLA:CPU flags and huge pages",
@@ -415,6 +423,17 @@ def main(argv: list[str] | None = None) -> None:
         for encoder in args.encoder
         for a in args.arch
     ]
+    if args.layers:
+        from benchmarks import layers
+
+        out = open(args.json, "w") if args.json else None  # noqa: SIM115 (rows as they finish)
+        try:
+            rows = layers.run(configs[0], args.batch_size, repeats=args.steps, out=out)
+        finally:
+            if out is not None:
+                out.close()
+        print(layers.summary(rows))
+        return
     if args.loop:
         for config in configs:
             r = benchmark.bench_loop(config, steps=max(args.steps, 10))

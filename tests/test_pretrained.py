@@ -198,20 +198,31 @@ def test_lite0_weights_do_not_fit_lite2_and_the_error_names_the_key():
         )
 
 
-@pytest.mark.parametrize("stride, kernel", [(1, 3), (2, 3), (2, 5), (1, 5)])
-def test_shifted_depthwise_equals_the_grouped_convolution_with_gradients(stride, kernel):
-    x = jax.random.normal(jax.random.key(0), (2, 11, 8, 6))
-    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, 6))
-    native = lambda x, w: depthwise_native(x, w, stride)
-    shifted = lambda x, w: depthwise_shifted(x, w, stride)
-    np.testing.assert_allclose(shifted(x, w), native(x, w), rtol=1e-5, atol=1e-5)
-    # On CPU the platform-dependent function is the shifted form.
-    np.testing.assert_allclose(
-        jax.jit(depthwise_conv, static_argnums=2)(x, w, stride), shifted(x, w), atol=2e-6
-    )
-    loss = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1)))(x, w)
-    for a, b in zip(loss(shifted), loss(native), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+@pytest.mark.parametrize(
+    "stride, kernel, shape, padding",
+    [
+        (1, 3, (2, 11, 8, 6), "SAME"),
+        (2, 3, (3, 9, 13, 5), "SYMMETRIC"),
+        (2, 5, (2, 12, 7, 4), "SAME"),
+        (1, 5, (1, 7, 10, 3), "SYMMETRIC"),
+    ],
+)
+def test_the_cpu_depthwise_equals_the_grouped_convolution_with_gradients(
+    stride, kernel, shape, padding
+):
+    """The CPU form (shifted taps; input gradient by autodiff, kernel gradient image by image)
+    against the native grouped convolution and its gradients, in float64 on odd sizes."""
+    with enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, shape[-1]), jnp.float64)
+        native = lambda x, w: depthwise_native(x, w, stride, padding)
+        shifted = lambda x, w: depthwise_shifted(x, w, stride, padding)
+        cpu = lambda x, w: depthwise_conv(x, w, stride, padding)  # on CPU: the shifted form
+        np.testing.assert_allclose(shifted(x, w), native(x, w), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(jax.jit(cpu)(x, w), native(x, w), rtol=1e-12, atol=1e-12)
+        loss = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1)))(x, w)
+        for a, b in zip(loss(cpu), loss(native), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("stride, groups", [(1, 4), (2, 4), (2, 1)])

@@ -249,6 +249,55 @@ def depthwise_shifted(
     return functools.reduce(jnp.add, terms)
 
 
+def depthwise_weight_grad(
+    x_BxHxWxC: jax.Array, g_BxHoxWoxC: jax.Array, k: int, stride: int, pads
+) -> jax.Array:
+    """The depthwise kernel's gradient [k, k, 1, C]: for each tap, the sum over the batch and
+    the output pixels of the shifted input times the output's gradient. One image at a time
+    (a loop over the batch), so that the k*k reductions read an image that stays in cache:
+    summed over the whole batch at once, each tap re-read both tensors from memory."""
+    x = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
+    b, oh, ow, c = g_BxHoxWoxC.shape
+
+    def image(n, total):
+        xn = jax.lax.dynamic_index_in_dim(x, n, keepdims=False)
+        gn = jax.lax.dynamic_index_in_dim(g_BxHoxWoxC, n, keepdims=False)
+        taps = [
+            jnp.sum(
+                xn[i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride]
+                * gn,
+                axis=(0, 1),
+            )
+            for i in range(k)
+            for j in range(k)
+        ]
+        return total + jnp.stack(taps)
+
+    total = jax.lax.fori_loop(0, b, image, jnp.zeros((k * k, c), g_BxHoxWoxC.dtype))
+    return total.reshape(k, k, 1, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_cpu(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, padding: str):
+    """The shifted form, its input gradient by autodiff, its kernel gradient image by image."""
+    return depthwise_shifted(x_BxHxWxC, kernel_KxKx1xC, stride, padding)
+
+
+def _depthwise_cpu_fwd(x, kernel, stride, padding):
+    return depthwise_shifted(x, kernel, stride, padding), (x, kernel)
+
+
+def _depthwise_cpu_bwd(stride, padding, saved, g):
+    x, kernel = saved
+    _, pullback = jax.vjp(lambda x: depthwise_shifted(x, kernel, stride, padding), x)
+    k = kernel.shape[0]
+    pads = depthwise_pads(x, k, stride, padding)
+    return pullback(g)[0], depthwise_weight_grad(x, g, k, stride, pads).astype(kernel.dtype)
+
+
+depthwise_cpu.defvjp(_depthwise_cpu_fwd, _depthwise_cpu_bwd)
+
+
 def depthwise_conv(
     x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, padding: str = "SAME"
 ) -> jax.Array:
@@ -261,7 +310,7 @@ def depthwise_conv(
     exported model carries both. The two agree to float rounding (tested).
     """
     native = functools.partial(depthwise_native, stride=stride, padding=padding)
-    shifted = functools.partial(depthwise_shifted, stride=stride, padding=padding)
+    shifted = functools.partial(depthwise_cpu, stride=stride, padding=padding)
     return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKx1xC, cpu=shifted, default=native)
 
 
