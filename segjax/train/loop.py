@@ -57,9 +57,11 @@ def fit(
             config, run_dir, resume=options.resume, overwrite=options.overwrite, extra=extra
         )
         at = begun.progress.epoch * begun.setup.steps_per_epoch + begun.progress.batch
+        tic = time.perf_counter()
         setup, budget = planner.plan(
             begun.setup, begun.state, at, options.time_budget, started, clock
         )
+        planned_s = time.perf_counter() - tic
     except BaseException:
         if begun is not None:
             begun.setup.manager.close()
@@ -72,6 +74,13 @@ def fit(
         if setup.lead:
             run_folder.write_run(setup.run_dir, setup.config, setup.facts)
             describe(setup, state, begun.progress, options)
+            up = setup.startup
+            timed = f", timing the plan {planned_s:.1f} s" if budget is not None else ""
+            print(
+                f"start-up: {clock() - started:.0f} s to the first step (decoding "
+                f"{up.decode_s:.1f} s, compiling {up.compile_s:.1f} s{timed})",
+                flush=True,
+            )
         limit = planner.session(options.session_limit, started, clock)
         with stop_on_signals() as stop:
             loop = Loop(setup, stop, budget, limit, options.progress and setup.lead, clock)

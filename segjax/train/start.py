@@ -4,6 +4,8 @@ fresh state (pretrained or `--init-from` weights) or the state of the newest rea
 from __future__ import annotations
 
 import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,10 +24,20 @@ from segjax.train.progress import Progress
 from segjax.train.step import (
     Steps,
     TrainState,
+    compile_ahead,
     create_steps,
     create_train_state,
     init_variables,
+    state_parts,
 )
+
+
+class Startup(NamedTuple):
+    """Where the time before the first step went (seconds)."""
+
+    decode_s: float = 0.0  # reading and decoding the images (or their cache)
+    compile_s: float = 0.0  # the steps compiled, meanwhile the model's init and its weights
+    eval_compile_s: float = 0.0  # of which the evaluation step's (tuning compiles two like it)
 
 
 class Setup(NamedTuple):
@@ -40,6 +52,7 @@ class Setup(NamedTuple):
     mesh: Any
     manager: Any  # the Orbax CheckpointManager of run_dir/checkpoints
     lead: bool  # process 0: writes the run folder's files
+    startup: Startup = Startup()  # where the time before the first step went
 
     @property
     def epochs(self) -> int:
@@ -116,6 +129,7 @@ def start(
         if not resume:
             pretrained.weights_file(config.model.encoder, config.model.encoder_weights)
     mesh = parallel.create_mesh()
+    began = time.perf_counter()
     splits = sources.load_splits(config)
     if not len(splits.val):
         raise DataError("the validation split is empty: raise --val-fraction")
@@ -125,14 +139,25 @@ def start(
         splits, facts = _with_extra(splits, facts, extra, resuming, run_dir)
     spe = sampling.steps_per_epoch(len(splits.train), tc.batch_size)
     key = jax.random.fold_in(jax.random.key(tc.seed), 0)
-    state = parallel.put_replicated(
-        create_train_state(config, key, spe, facts), parallel.replicated(mesh)
-    )
     steps = create_steps(config, facts, mesh, spe)
-    setup = Setup(config, facts, run_dir, splits, spe, steps, mesh, None, lead)
+    decoded = time.perf_counter()
+    # The steps compile in threads while this one initialises the model (itself a compiled
+    # program) and reads the weights or the checkpoint: on a cold start compiling is most of
+    # the time to the first step, and XLA compiles several programs at once.
+    with ThreadPoolExecutor(3) as pool:
+        parts = state_parts(config, spe, facts)
+        shapes = jax.eval_shape(lambda: create_train_state(config, key, spe, facts, parts))
+        compiling = compile_ahead(steps, shapes, config, mesh, pool)
+        state = parallel.put_replicated(
+            create_train_state(config, key, spe, facts, parts), parallel.replicated(mesh)
+        )
+        setup = Setup(config, facts, run_dir, splits, spe, steps, mesh, None, lead)
+        begun = _resume(_with_manager(setup), state) if resuming else _fresh(setup, state)
+        seconds = {name: done.result() for name, done in compiling.items()}
+    startup = Startup(decoded - began, time.perf_counter() - decoded, seconds["eval"])
+    begun = begun._replace(setup=begun.setup._replace(startup=startup))
     if resuming:
-        return _resume(_with_manager(setup), state)
-    begun = _fresh(setup, state)
+        return begun
     begun = begun._replace(setup=_with_manager(begun.setup))
     if extra is not None and lead:  # kept, so that a resume trains on these very labels
         decode.save_arrays(run_dir / run_folder.PSEUDO_FILE, extra[0])

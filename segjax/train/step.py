@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -46,18 +47,35 @@ def init_variables(config: Config, rng: jax.Array, dtype: str = "float32") -> di
     return jax.jit(lambda key: model.init({"params": key}, sample, train=False))(rng)
 
 
+class StateParts(NamedTuple):
+    """A train state's static parts. Two states compile to the same steps only when they
+    share these very objects (a pytree's metadata compares them by identity)."""
+
+    apply_fn: Any
+    tx: Any
+
+
+def state_parts(config: Config, steps_per_epoch: int, facts: RunFacts = RunFacts()):
+    model = create_model(config.model, facts.dtype)
+    return StateParts(model.apply, optim.create_optimizer(config.train, steps_per_epoch))
+
+
 def create_train_state(
-    config: Config, rng: jax.Array, steps_per_epoch: int, facts: RunFacts = RunFacts()
+    config: Config,
+    rng: jax.Array,
+    steps_per_epoch: int,
+    facts: RunFacts = RunFacts(),
+    parts: StateParts | None = None,
 ) -> TrainState:
     """A fresh train state: initialised variables, optimizer state, plateau tracker."""
-    model = create_model(config.model, facts.dtype)
+    parts = parts or state_parts(config, steps_per_epoch, facts)
     variables = init_variables(config, rng, facts.dtype)
     epochs = facts.epochs or config.train.epochs
     return TrainState.create(
-        apply_fn=model.apply,
+        apply_fn=parts.apply_fn,
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
-        tx=optim.create_optimizer(config.train, steps_per_epoch),
+        tx=parts.tx,
         plateau=optim.create_plateau(config.train).init(variables["params"]),
         schedule_steps=jnp.asarray(epochs * steps_per_epoch, jnp.int32),
         dynamic_scale=precision.loss_scale(facts.dtype),
@@ -184,3 +202,36 @@ def create_steps(config: Config, facts: RunFacts, mesh, steps_per_epoch: int) ->
         jax.jit(evaluate, in_shardings=(rep, shard), out_shardings=shard),
         jit_train(named_partial(train, size=tuple(small))) if small else None,
     )
+
+
+def compile_ahead(steps: Steps, state_shapes, config: Config, mesh, pool) -> dict:
+    """Compile the steps in `pool`'s threads while the caller does other work (the model's
+    init, the pretrained weights): XLA compiles several programs at once, and a jitted
+    function reuses what `lower(...).compile()` made for the same shapes. Returns futures by
+    step name whose `.result()` is the seconds that compilation took (or raises its error)."""
+    tc, (h, w) = config.train, config.data.image_size
+    rep, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep, weak_type=x.weak_type),
+        state_shapes,
+    )
+    key = jax.random.key(0)
+
+    def batch(size: int) -> dict:
+        shape = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.uint8, sharding=shard)
+        return {"image": shape(size, h, w, config.data.channels), "mask": shape(size, h, w)}
+
+    def timed(fn, *args) -> float:
+        if not hasattr(fn, "lower"):  # not a jitted function (a wrapper): nothing to compile
+            return 0.0
+        tic = time.perf_counter()
+        fn.lower(*args).compile()
+        return time.perf_counter() - tic
+
+    jobs = {
+        "train": (steps.train, state, batch(tc.batch_size), key),
+        "eval": (steps.eval, state, batch(tc.eval_batch_size)),
+    }
+    if steps.train_small is not None:
+        jobs["train_small"] = (steps.train_small, state, batch(tc.batch_size), key)
+    return {name: pool.submit(timed, *job) for name, job in jobs.items()}
