@@ -147,6 +147,15 @@ class ModelConfig:
         "pretrained encoder's BatchNorm: train, or frozen at ImageNet's",
         ("train", "frozen"),
     )
+    frozen_stages: int = option(
+        0,
+        "EfficientNet encoders: freeze the stem and the first N of the 7 stages (no gradient "
+        "there, BatchNorm at ImageNet's statistics; 0 = off): the high-resolution stages cost "
+        "the most to train",
+        flag="freeze-encoder-stages",
+        metavar="N",
+        valid=NON_NEGATIVE,
+    )
     features: int = option(
         16, "channels at full resolution, doubled at every level down", valid=AT_LEAST_1
     )

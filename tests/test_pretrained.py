@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import pickle
@@ -13,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from segjax import parallel
 from segjax.compat import enable_x64
-from segjax.config import ModelConfig, RunOptions
+from segjax.config import ModelConfig, RunFacts, RunOptions
 from segjax.errors import UserError
 from segjax.models import pretrained, weight_files
 from segjax.models.builder import create_model, total_stride
@@ -367,3 +369,44 @@ def test_an_unknown_weights_family_is_an_error_naming_it(monkeypatch):
     monkeypatch.setitem(registry.ENCODERS, "resnet18", odd)
     with pytest.raises(UserError, match="no key mapping for the weights family 'vit'"):
         pretrained.map_state_dict({}, {}, odd.family, "model.safetensors")
+
+
+def test_frozen_encoder_stages_get_no_update_and_keep_their_statistics(demo_dir):
+    """--freeze-encoder-stages 2 with AdamW (whose weight decay moves a parameter even
+    without a gradient): the stem and stages 0-1 and their BatchNorm statistics stay as they
+    were; the later stages and the decoder move. Other encoders refuse the flag by name."""
+    from segjax.config import Config, DataConfig, TrainConfig
+    from segjax.models.builder import frozen_encoder_modules
+    from segjax.train.step import create_steps, create_train_state
+
+    model = ModelConfig(encoder="efficientnet-lite0", encoder_weights="none", features=4)
+    model = dataclasses.replace(model, frozen_stages=2)
+    config = Config(
+        data=DataConfig(data_dir=str(demo_dir), image_size=(32, 32)),
+        model=model,
+        train=TrainConfig(
+            batch_size=2, optimizer="adamw", weight_decay=0.1, aug="none", schedule="constant"
+        ),
+    )
+    frozen = frozen_encoder_modules(model)
+    assert frozen == {"stem_conv", "stem_bn", "block0", "block1", "block2"}
+    facts = RunFacts(mean=(0.5,) * 3, std=(0.25,) * 3, epochs=1)
+    mesh = parallel.create_mesh()
+    state = create_train_state(config, jax.random.key(0), 4, facts)
+    before = jax.tree.map(np.array, (state.params, state.batch_stats))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+        "mask": rng.integers(0, 2, (2, 32, 32), dtype=np.uint8),
+    }
+    state, _ = create_steps(config, facts, mesh, 4).train(
+        state, parallel.shard_batch(batch, mesh), jax.random.key(1)
+    )
+    for tree, old in zip((state.params, state.batch_stats), before, strict=True):
+        for name, module in tree["encoder"].items():
+            same = jax.tree.leaves(jax.tree.map(np.array_equal, old["encoder"][name], module))
+            assert all(same) == (name in frozen), name
+    moved = jax.tree.map(np.array_equal, before[0]["decoder"], state.params["decoder"])
+    assert not any(jax.tree.leaves(moved))
+    with pytest.raises(UserError, match="--encoder resnet18 has no EfficientNet stages"):
+        create_model(dataclasses.replace(ModelConfig(encoder="resnet18"), frozen_stages=1))

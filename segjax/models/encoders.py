@@ -193,13 +193,15 @@ class EfficientNet(nn.Module):
     bn_frozen: bool = False
     dtype: jnp.dtype = jnp.float32
     lite: bool = False
+    frozen_stages: int = 0  # the stem and the first N stages: no gradient, BatchNorm frozen
 
     stride = 32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array | None]:
         bn = (0.99, 1e-3) if self.lite else (0.9, 1e-5)
-        norm = functools.partial(_batch_norm, train, self.bn_frozen, *bn, self.dtype)
+        frozen = self.bn_frozen or self.frozen_stages > 0
+        norm = functools.partial(_batch_norm, train, frozen, *bn, self.dtype)
         act = "relu6" if self.lite else "silu"
         x = nn.Conv(
             32 if self.lite else round_filters(32, self.width),
@@ -212,21 +214,41 @@ class EfficientNet(nn.Module):
             name="stem_conv",
         )(x.astype(self.dtype))
         x = ENCODER_ACTIVATIONS[act](norm("stem_bn")(x))
+        # A frozen part's output carries no gradient back: nothing before it is computed.
+        x = jax.lax.stop_gradient(x) if self.frozen_stages else x
         features: list[jax.Array | None] = [None]  # nothing at stride 1
         for i, (stage, r, spec) in enumerate(stage_blocks(self.width, self.depth, self.lite)):
             if spec[1] == 2:  # the last output at each stride is that stride's feature
                 features.append(x)
+            frozen = stage < self.frozen_stages
             x = MBConv(
                 *spec,
-                bn_frozen=self.bn_frozen,
+                bn_frozen=self.bn_frozen or frozen,
                 dtype=self.dtype,
                 activation=act,
                 se_channels=0 if self.lite else max(1, round(spec[3] * 0.25)),
                 padding="SAME" if self.lite else "SYMMETRIC",
                 bn=bn,
-                name=f"block{i}" if self.lite else f"stage{stage}_block{r}",
+                name=block_name(i, stage, r, self.lite),
             )(x, train=train)
+            x = jax.lax.stop_gradient(x) if frozen else x
         return [*features, x]
+
+    def frozen_modules(self) -> set[str]:
+        """The names of the submodules whose parameters `frozen_stages` freezes."""
+        if not self.frozen_stages:
+            return set()
+        blocks = stage_blocks(self.width, self.depth, self.lite)
+        return {"stem_conv", "stem_bn"} | {
+            block_name(i, stage, r, self.lite)
+            for i, (stage, r, _) in enumerate(blocks)
+            if stage < self.frozen_stages
+        }
+
+
+def block_name(index: int, stage: int, repeat: int, lite: bool) -> str:
+    """An MBConv block's module name: the weight files' own numbering."""
+    return f"block{index}" if lite else f"stage{stage}_block{repeat}"
 
 
 class EfficientNetLite(EfficientNet):

@@ -59,7 +59,29 @@ def create_plateau(config: TrainConfig) -> optax.GradientTransformationExtraArgs
     )
 
 
-def create_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+def _frozen_kept(base, frozen_modules: set[str]):
+    """`base`, except that the encoder's frozen submodules never move (AdamW's weight decay
+    would move them even without a gradient)."""
+    if not frozen_modules:
+        return base
+
+    def labels(params):
+        def label(path, _):
+            names = [getattr(k, "key", None) for k in path]
+            frozen = names[:1] == ["encoder"] and len(names) > 1 and names[1] in frozen_modules
+            return "frozen" if frozen else "trained"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    keep = optax.multi_transform(
+        {"trained": optax.identity(), "frozen": optax.set_to_zero()}, labels
+    )
+    return optax.chain(base, keep)
+
+
+def create_optimizer(
+    config: TrainConfig, steps_per_epoch: int, frozen_modules: set[str] = frozenset()
+) -> optax.GradientTransformation:
     """Adam or AdamW with the learning rate a value in the state (inject_hyperparams).
 
     The encoder's updates are scaled by `encoder_lr_mult` and zeroed for the first
@@ -75,6 +97,7 @@ def create_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.Gradien
         )
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    base = _frozen_kept(base, frozen_modules)
     if config.encoder_lr_mult == 1.0 and config.freeze_encoder_epochs == 0:
         return base
     frozen = config.freeze_encoder_epochs * steps_per_epoch
@@ -90,7 +113,7 @@ def create_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.Gradien
 
 def hyperparams(opt_state) -> dict:
     """The injected hyperparameters (first in the chain when the encoder has its own scale)."""
-    return opt_state.hyperparams if hasattr(opt_state, "hyperparams") else opt_state[0].hyperparams
+    return opt_state.hyperparams if hasattr(opt_state, "hyperparams") else hyperparams(opt_state[0])
 
 
 def with_learning_rate(opt_state, rate: jax.Array):

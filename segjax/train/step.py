@@ -15,7 +15,7 @@ from segjax.compat import named_partial
 from segjax.config import Config, RunFacts
 from segjax.data import augment
 from segjax.models import apply
-from segjax.models.builder import create_model
+from segjax.models.builder import create_model, frozen_encoder_modules
 from segjax.train import optim, precision
 
 
@@ -57,7 +57,8 @@ class StateParts(NamedTuple):
 
 def state_parts(config: Config, steps_per_epoch: int, facts: RunFacts = RunFacts()):
     model = create_model(config.model, facts.dtype)
-    return StateParts(model.apply, optim.create_optimizer(config.train, steps_per_epoch))
+    frozen = frozen_encoder_modules(config.model)
+    return StateParts(model.apply, optim.create_optimizer(config.train, steps_per_epoch, frozen))
 
 
 def create_train_state(
