@@ -150,7 +150,7 @@ def bench_train(
 
     def host_batch(i):
         idx = np.arange(i * tc.batch_size, (i + 1) * tc.batch_size) % len(pool["image"])
-        return parallel.shard_batch({k: v[idx] for k, v in pool.items()}, mesh)
+        return parallel.gather_batch(pool, idx, mesh)
 
     staged = host_batch(0)
     for _ in range(warmup):
@@ -224,9 +224,8 @@ def bench_loop(config: Config, steps: int = 30, repeats: int = 2) -> dict[str, f
     splits = sources.Splits(arrays, np.arange(n), np.arange(0), np.arange(0))
     setup = Setup(config, facts, Path("."), splits, steps, fns, mesh, None, True)
     key = jax.random.key(1)
-    batch = parallel.shard_batch(
-        {"image": arrays.images[: tc.batch_size], "mask": arrays.masks[: tc.batch_size]}, mesh
-    )
+    labelled = {"image": arrays.images, "mask": arrays.masks}
+    batch = parallel.gather_batch(labelled, np.arange(tc.batch_size), mesh)
 
     def bare_pass(state):
         t = time.perf_counter()

@@ -74,8 +74,9 @@ mesh = parallel.create_mesh()
 steps = create_steps(config, facts, mesh, 100)
 rng = np.random.default_rng(0)
 h = int(sys.argv[3])
-batch = parallel.shard_batch({"image": rng.integers(0, 256, (int(sys.argv[4]), h, h, 3), np.uint8),
-                              "mask": rng.integers(0, 2, (int(sys.argv[4]), h, h), np.uint8)}, mesh)
+batch = parallel.gather_batch({"image": rng.integers(0, 256, (int(sys.argv[4]), h, h, 3), np.uint8),
+                               "mask": rng.integers(0, 2, (int(sys.argv[4]), h, h), np.uint8)},
+                              np.arange(int(sys.argv[4])), mesh)
 finals, times = [], []
 for _ in range(2):
     state = create_train_state(config, jax.random.key(0), 100, facts)
@@ -186,13 +187,14 @@ def torch_row(arch, size, precision, batch, extra, steps, device) -> dict:
 
 
 def depthwise_row(size, precision, batch, steps, smoke: bool) -> dict:
-    """Each depthwise layer alone, forward and both gradients, in XLA's native grouped form and
-    in segjax's shifted form (what the CPU runs): milliseconds per call, medians."""
+    """Each depthwise layer alone, forward and both gradients, in XLA's native grouped form, in
+    segjax's shifted form and in the CPU's form (shifted taps, the kernel gradient image by
+    image): milliseconds per call, medians."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from segjax.models.layers import depthwise_native, depthwise_shifted
+    from segjax.models.layers import depthwise_cpu, depthwise_native, depthwise_shifted
 
     dtype = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}[precision]
     row = {}
@@ -200,7 +202,9 @@ def depthwise_row(size, precision, batch, steps, smoke: bool) -> dict:
         hw = spatial * size // 384
         x = jax.random.normal(jax.random.key(0), (batch, hw, hw, channels), dtype)
         w = jax.random.normal(jax.random.key(1), (k, k, 1, channels), dtype)
-        for name, form in (("native", depthwise_native), ("shifted", depthwise_shifted)):
+        forms = (("native", depthwise_native), ("shifted", depthwise_shifted))
+        forms += (("cpu", lambda x, w, stride: depthwise_cpu(x, w, stride, "SAME")),)
+        for name, form in forms:
             fn = functools.partial(form, stride=stride)
             f = lambda x, w, fn=fn: jnp.sum(fn(x, w).astype(jnp.float32))
             calls = {

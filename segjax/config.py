@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,24 @@ def option(
     """
     meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar, "valid": valid}
     return dataclasses.field(default=default, metadata=meta)
+
+
+# The registries a setting may name (`option(choices="archs")`), filled by the modules that own
+# them when they are imported (segjax.models.registry, segjax.losses): settings know no model.
+REGISTRIES: dict[str, Callable[[], list[str]]] = {}
+
+
+def register(name: str, entries: Callable[[], list[str]]) -> None:
+    """Make a registry's entries the choices of the settings that name it."""
+    REGISTRIES[name] = entries
+
+
+def choices_of(field: dataclasses.Field) -> list[str] | None:
+    """A setting's allowed values: its own tuple, or the entries of the registry it names."""
+    named = field.metadata.get("choices")
+    if isinstance(named, str):
+        return REGISTRIES[named]()
+    return list(named) if named else None
 
 
 def flag_of(field: dataclasses.Field) -> str:
@@ -147,12 +166,11 @@ class ModelConfig:
         "pretrained encoder's BatchNorm: train, or frozen at ImageNet's",
         ("train", "frozen"),
     )
-    frozen_stages: int = option(
+    freeze_encoder_stages: int = option(
         0,
         "EfficientNet encoders: freeze the stem and the first N of the 7 stages (no gradient "
         "there, BatchNorm at ImageNet's statistics; 0 = off): the high-resolution stages cost "
         "the most to train",
-        flag="freeze-encoder-stages",
         metavar="N",
         valid=NON_NEGATIVE,
     )
@@ -305,6 +323,30 @@ class Config:
             train=TrainConfig(epochs=20, batch_size=4, lr=2e-3),
         )
 
+    @classmethod
+    def build(cls, settings: dict[str, Any] | None = None, /, **kwargs: Any) -> Config:
+        """A run's config from its settings by their flags' names (`arch="attn"`, `lr=2e-3`,
+        `image_size=256` or `"256x192"`, `data_dir=...`, and `name`), given as keywords or a
+        dict: the defaults, the demo preset when there is no `data_dir` (as `segjax train`
+        has them), then these, each checked as its flag is (type, choices, range)."""
+        given = {**(settings or {}), **kwargs}
+        name = given.pop("name", "")
+        fields = {f.name: (section, f) for section, f in options()}
+        unknown = sorted(set(given) - set(fields))
+        if unknown:
+            raise UserError(
+                f"unknown setting {', '.join(unknown)}: the settings are the flags of "
+                "`segjax train --help` with _ for - (image_size, lr, ...)"
+            )
+        sections: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
+        for key, value in given.items():
+            section, field = fields[key]
+            sections[section][key] = _setting(field, value)
+        base = cls() if given.get("data_dir") else cls.demo()
+        config = dataclasses.replace(replace(base, **sections), name=name)
+        check(config)
+        return config
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -387,6 +429,12 @@ class RunOptions:
         metavar="N",
         valid=AT_LEAST_1,
     )
+    log: str = option(
+        "",
+        "also log each epoch for TensorBoard: runs/<name>/tb/ (scalars and the preview; needs "
+        "tensorboardX: pip install 'segjax[tensorboard]'); metrics.jsonl is written anyway",
+        ("tensorboard",),
+    )
     started: float | None = option(None, "when the command started (time.time)", flag="")
 
 
@@ -404,6 +452,39 @@ class InferenceOptions:
     )
     postprocess: bool = option(True, "the tuned post-processing after the threshold")
     progress: bool = option(True, "progress bars")
+    backend: str = option(
+        "jax",
+        "what runs the network: jax, or onnxruntime (the model that segjax export --format "
+        "onnx wrote; pip install 'segjax[onnx]'); resizing, TTA and post-processing are the same",
+        ("jax", "onnxruntime"),
+    )
+    onnx: str = option("", "--backend onnxruntime: the model file (default <run>/model.onnx)")
+
+
+def _setting(field: dataclasses.Field, value: Any) -> Any:
+    """One setting's value, as `Config.build` takes it: checked as its flag parses it."""
+    kind = str(field.type).replace(" ", "")
+    where = f"{field.name}={value!r}"
+    if isinstance(field.default, tuple):  # a size: N, "HxW" or (H, W)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except ValueError as err:
+                raise UserError(f"{where}: {err}") from None
+        if isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value):
+            return tuple(value)
+        raise UserError(f"{where}: expected N, 'HxW' or (H, W)")
+    wanted = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}.get(kind)
+    if wanted and (not isinstance(value, wanted) or (kind != "bool" and isinstance(value, bool))):
+        raise UserError(f"{where}: expected {'a number' if kind == 'float' else kind}")
+    named = field.metadata.get("choices")
+    if named and (not isinstance(named, str) or named in REGISTRIES):
+        allowed = choices_of(field)
+        if value not in allowed:
+            raise UserError(f"{where}: choose one of {', '.join(allowed)}")
+    return value
 
 
 def _build(cls: type, raw: dict[str, Any]) -> Any:

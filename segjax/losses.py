@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from segjax.config import TrainConfig
+from segjax.config import TrainConfig, register
 
 SMOOTH = 1.0  # added to the numerator and denominator of Dice/Tversky: empty vs empty = no loss
 
@@ -118,3 +118,6 @@ def create_loss(config: TrainConfig) -> Callable[[jax.Array, jax.Array], jax.Arr
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     return LOSSES[config.loss](config)
+
+
+register("losses", lambda: list(LOSSES))

@@ -88,11 +88,6 @@ def gather_batch(sources: dict[str, Any], indices: np.ndarray, mesh: Mesh) -> di
     return {k: build(v) for k, v in sources.items()}
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """A whole host batch (the same on every process) -> global arrays sharded on the data axis."""
-    return gather_batch(batch, np.arange(len(next(iter(batch.values())))), mesh)
-
-
 def gather(x: jax.Array) -> np.ndarray:
     """A (possibly multi-host) sharded array as one host numpy array on every process."""
     if jax.process_count() == 1:

@@ -69,17 +69,30 @@ def configure(fast_cpu: bool = True, compile_cache: bool = True, deterministic: 
         del os.environ["MPLBACKEND"]
     if deterministic and "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DETERMINISTIC}".strip()
-    if os.environ.get("SEGJAX_DEFAULT_FLAGS") == "1":
-        fast_cpu = False
     if fast_cpu:
-        current = os.environ.get("XLA_FLAGS", "")
-        for flag in CPU_FLAGS:
-            name = flag.split("=")[0]
-            if name not in current and _flag_supported(flag):
-                current = f"{current} {flag}".strip()
-        os.environ["XLA_FLAGS"] = current
+        set_cpu_flags()
     if compile_cache:
         enable_compile_cache()
+
+
+def set_cpu_flags() -> None:
+    """segjax's XLA:CPU flags in XLA_FLAGS (read when JAX starts its backend: a process that
+    has computed already keeps its own), beside the user's; none with SEGJAX_DEFAULT_FLAGS=1."""
+    if os.environ.get("SEGJAX_DEFAULT_FLAGS") == "1":
+        return
+    current = os.environ.get("XLA_FLAGS", "")
+    for flag in CPU_FLAGS:
+        name = flag.split("=")[0]
+        if name not in current and _flag_supported(flag):
+            current = f"{current} {flag}".strip()
+    os.environ["XLA_FLAGS"] = current
+
+
+def prepare_library() -> None:
+    """What a library call sets up before its first computation (`segjax.train` and the
+    others, from a notebook): the XLA:CPU flags and the compilation cache."""
+    set_cpu_flags()
+    enable_compile_cache()
 
 
 # jaxlib 0.5.x crashes (segmentation fault or abort) while writing CPU executables to the

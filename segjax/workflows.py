@@ -12,15 +12,17 @@ from segjax.config import Config, RunOptions
 from segjax.data import decode
 from segjax.inference import analysis, ensemble, pseudo
 from segjax.inference.postprocess import PostProcess
-from segjax.train import folds, loop, metrics_log, run_folder
+from segjax.runs import metrics_log, run_folder
+from segjax.train import folds, loop
+from segjax.train.progress import Ended
 
 
 def train_and_tune(config: Config, run_dir: str | Path, options: RunOptions = RunOptions()):
     """Train (or resume) into run_dir, then tune threshold and post-processing on validation.
 
     Tuning waits until the run is over: its last epoch reached, stopped early, or the time
-    budget spent; a run stopped by a signal or by `stop_at_epoch` is tuned when it ends.
-    Returns the last metrics row.
+    budget spent; a run paused (a signal, `stop_at_epoch`, the session limit) is tuned when it
+    ends. Returns `fit`'s result: why it ended, where it stands, its last metrics row.
     """
     run_dir = Path(run_dir)
     extra = None
@@ -33,18 +35,12 @@ def train_and_tune(config: Config, run_dir: str | Path, options: RunOptions = Ru
         record = pseudo.record(arrays, config.train.pseudo_label)
         print(f"pseudo-labels: {record}", flush=True)
         extra = (arrays, record)
-    row = loop.fit(config, run_dir, options, extra=extra)
-    epochs = run_folder.read_facts(run_dir).epochs
-    paused = bool(options.stop_at_epoch) and options.stop_at_epoch < epochs
-    if row.get("stopped"):
-        pass  # fit said how to continue
-    elif row and paused and row["epoch"] == options.stop_at_epoch:
+    result = loop.fit(config, run_dir, options, extra=extra)
+    if result.ended is Ended.STOPPED_AT_EPOCH:
         print(f"stopped after epoch {options.stop_at_epoch}; continue with --resume", flush=True)
-    elif row.get("session"):
-        pass  # fit said how to continue in the next session
-    elif options.tune:
+    elif not result.ended.paused and options.tune:  # the others said how to continue
         tune_and_report(run_dir)
-    return row
+    return result
 
 
 def tune_and_report(run_dir: Path) -> dict:

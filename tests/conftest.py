@@ -70,7 +70,8 @@ def trained_run(tmp_path_factory, demo_dir) -> Path:
     from segjax import workflows
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    workflows.train_and_tune(make_tiny_config(demo_dir), run_dir, RunOptions(progress=False))
+    options = RunOptions(progress=False, log="tensorboard")
+    workflows.train_and_tune(make_tiny_config(demo_dir), run_dir, options)
     return run_dir
 
 
@@ -133,3 +134,23 @@ def make_venv(path: Path, python: str | None = None) -> Path:
     upgrade = [path / "bin" / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip"]
     subprocess.run(upgrade, check=True)
     return path / "bin" / "python"
+
+
+def on_devices(batch: dict, mesh) -> dict:
+    """A host batch on the mesh, by the loop's own path (`parallel.gather_batch`)."""
+    import numpy as np
+
+    from segjax import parallel
+
+    return parallel.gather_batch(batch, np.arange(len(batch["image"])), mesh)
+
+
+def all_probs(loaded, images, batch_size: int, tta: bool):
+    """Probabilities [N, H, W] of a whole array of images, by prediction's own path
+    (`predictor.iterate_probs`, batch by batch)."""
+    import numpy as np
+
+    from segjax.inference import predictor
+
+    parts = sorted(predictor.iterate_probs(loaded, images, batch_size, tta), key=lambda p: p[0][0])
+    return np.concatenate([probs for _, probs in parts])

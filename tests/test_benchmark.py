@@ -58,5 +58,5 @@ def test_the_gpu_script_runs_in_smoke_mode_and_writes_rows_as_they_finish(tmp_pa
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert rows[0]["row"] == "environment" and rows[1]["row"] == "depthwise"
     forms = {key.split("_")[2] for key in rows[1] if key.endswith("_ms")}
-    assert forms == {"native", "shifted"}
+    assert forms == {"native", "shifted", "cpu"}
     assert "budget spent: skipped depthwise" in done.stdout

@@ -11,7 +11,7 @@ import pytest
 from segjax.cli import commands, flags
 from segjax.config import Config, flag_of, load_config, parse_size, save_config
 from segjax.errors import UserError
-from segjax.train import run_folder
+from segjax.runs import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

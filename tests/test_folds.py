@@ -16,7 +16,8 @@ from segjax.errors import UserError
 from segjax.inference import ensemble, submission
 from segjax.inference.analysis import evaluate_run
 from segjax.inference.run_loader import load_run
-from segjax.train import run_folder
+from segjax.runs import run_folder
+from segjax.train.progress import Ended
 from tests.conftest import make_tiny_config
 
 
@@ -46,8 +47,8 @@ def _stop_fold_1_after_one_epoch(monkeypatch):
 
     def stopping(config, run_dir, options):
         if config.data.fold == 1:
-            real(config, run_dir, dataclasses.replace(options, stop_at_epoch=1))
-            return {"stopped": [1, 0]}
+            result = real(config, run_dir, dataclasses.replace(options, stop_at_epoch=1))
+            return result._replace(ended=Ended.INTERRUPTED)
         return real(config, run_dir, options)
 
     monkeypatch.setattr(workflows, "train_and_tune", stopping)

@@ -15,9 +15,10 @@ from PIL import Image
 from segjax.cli import commands
 from segjax.config import InferenceOptions
 from segjax.data import decode, layout
-from segjax.inference import predictor, rle, submission
+from segjax.inference import rle, submission
 from segjax.inference.export import export_run
 from segjax.inference.run_loader import load_run
+from tests.conftest import all_probs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,5 +116,5 @@ def test_the_exported_model_gives_predicts_probabilities_without_segjax(trained_
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    expected = predictor.predict_all(loaded, images, 4, tta=record["tta"])
+    expected = all_probs(loaded, images, 4, tta=record["tta"])
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, rtol=0, atol=1e-6)

@@ -14,10 +14,11 @@ import pytest
 from flax import serialization
 
 from segjax.config import InferenceOptions, ModelConfig
+from segjax.errors import UserError
 from segjax.inference import submission
 from segjax.inference.run_loader import load_run
 from segjax.models.builder import create_model
-from segjax.train import checkpoint, run_folder
+from segjax.runs import checkpoint, run_folder
 from tools.migrate_run import legacy_layout, migrate, upgrade_layout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,9 +97,8 @@ def test_a_run_of_segjax_0_1_is_converted_and_submits_as_before(trained_run, tmp
     old = tmp_path / "old"
     shutil.copytree(trained_run, old)
     _as_segjax_0_1(old)
-    # Not as it is. Orbax before 0.11.18 refuses the partial restore itself ("Missing keys");
-    # newer versions hand back placeholders, which segjax names ("holds no").
-    with pytest.raises(checkpoint.CheckpointError, match="holds no|Missing .* keys"):
+    # Not as it is: the folder has no run.json, and the error names the tool that converts it.
+    with pytest.raises(UserError, match="convert it with python tools/migrate_run.py"):
         load_run(old)
     assert (
         migrate(old)

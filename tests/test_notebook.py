@@ -2,7 +2,8 @@
 the oldest jax segjax supports, attached one level deeper than its name (as an uploaded folder
 is), installed with --no-index into an "image" that holds exactly that jax and jaxlib (from the
 package index, not this environment's), the competition found wherever it is under the input
-folder, a real Jupyter kernel; then a second session that finds the first one's output and
+folder, a real Jupyter kernel running in the image's environment (its one library cell
+too); then a second session that finds the first one's output and
 continues its run. And what that install holds: the library only, and the `segjax` command."""
 
 from __future__ import annotations
@@ -32,14 +33,26 @@ def _listing(folder: Path) -> list[tuple[str, int, int]]:
     )
 
 
+def _kernel(tmp_path: Path, python: Path) -> None:
+    """A Jupyter kernel named "image" that runs in the image's environment (as a Kaggle
+    notebook's kernel runs in the image's Python)."""
+    import json
+
+    spec = tmp_path / "jupyter" / "kernels" / "image"
+    spec.mkdir(parents=True)
+    argv = [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "image", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+
+
 def _run_notebook(tmp_path: Path) -> str:
-    """Execute the notebook in a real kernel; its printed output."""
+    """Execute the notebook in a real kernel of the image; its printed output."""
     import nbclient
     import nbformat
 
     notebook = nbformat.read(ROOT / "examples" / "kaggle.ipynb", as_version=4)
     client = nbclient.NotebookClient(
-        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+        notebook, timeout=900, kernel_name="image", resources={"metadata": {"path": tmp_path}}
     )
     client.execute()
     return "".join(
@@ -78,8 +91,10 @@ def test_the_kaggle_notebook_installs_offline_trains_submits_and_continues(
     # The image: the floor jax and jaxlib from the package index, nothing of segjax.
     env = tmp_path / "image"
     python = make_venv(env)
-    image = [f"jax=={jax}", f"jaxlib=={jaxlib}"]
+    image = [f"jax=={jax}", f"jaxlib=={jaxlib}", "ipykernel"]
     subprocess.run([python, "-m", "pip", "install", "--quiet", *image], check=True)
+    _kernel(tmp_path, python)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     work = tmp_path / "working"
     work.mkdir()
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the kernel's commands: the venv's only
@@ -98,6 +113,7 @@ def test_the_kaggle_notebook_installs_offline_trains_submits_and_continues(
     assert f"jax {jax}, jaxlib {jaxlib}" in out and "devices: 1 cpu device" in out
     assert f"wheels: {wheels}" in out and f"data:   {data}" in out
     assert "precision: fp32" in out and "at the images' original size" in out
+    assert "unet on scratch, 2 epochs" in out and "best epoch " in out  # the library's view
     # The submission where Kaggle looks for it, valid by segjax's own check.
     path = work / "submission.csv"
     test = layout.discover(data).test

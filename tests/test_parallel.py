@@ -24,6 +24,7 @@ from segjax.data import decode, layout, sources
 from segjax.inference import predictor, rle
 from segjax.train import start
 from segjax.train.step import create_steps, create_train_state
+from tests.conftest import on_devices
 
 pytestmark = pytest.mark.slow  # processes, several devices
 
@@ -43,11 +44,12 @@ from segjax.data import sources
 from segjax.inference import predictor, submission
 from segjax.inference.run_loader import load_run
 from segjax.train import loop
+from tests.conftest import all_probs
 loop.fit(Config.from_dict(json.loads(config_json)), run_dir, RunOptions(progress=False))
 submission.make_submission(run_dir, InferenceOptions(progress=False), out=run_dir + ".csv")
 loaded = load_run(run_dir, "latest")
 splits = sources.load_splits(loaded.config)
-probs = predictor.predict_all(loaded, splits.arrays.images[splits.val], 4, tta=True)
+probs = all_probs(loaded, splits.arrays.images[splits.val], 4, tta=True)
 leaves = {jax.tree_util.keystr(k): np.asarray(v.addressable_data(0)) for k, v in
           jax.tree_util.tree_leaves_with_path(loaded.variables)}
 np.savez(f"{run_dir}.{process}.npz", probs=probs, **leaves)
@@ -164,9 +166,7 @@ def test_bf16_training_converges_with_float32_parameters(tiny_config):
     assert facts.dtype == "bfloat16"
     idx = splits.train[:4]
     mesh = parallel.create_mesh()
-    batch = parallel.shard_batch(
-        {"image": splits.arrays.images[idx], "mask": splits.arrays.masks[idx]}, mesh
-    )
+    batch = on_devices({"image": splits.arrays.images[idx], "mask": splits.arrays.masks[idx]}, mesh)
     steps = create_steps(config, facts, mesh, 10)
     state = create_train_state(config, jax.random.key(0), 10, facts)
     losses = []

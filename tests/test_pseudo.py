@@ -12,7 +12,8 @@ from segjax.config import InferenceOptions, RunOptions, replace
 from segjax.data import decode, sources
 from segjax.errors import UserError
 from segjax.inference import pseudo, rle, submission
-from segjax.train import loop, metrics_log, run_folder
+from segjax.runs import metrics_log, run_folder
+from segjax.train import loop
 
 
 def test_pseudo_labels_are_the_runs_submission_at_the_training_size(trained_run, tmp_path):

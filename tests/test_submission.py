@@ -19,7 +19,9 @@ from segjax.errors import UserError
 from segjax.inference import postprocess, predictor, rle, submission, tuning
 from segjax.inference.postprocess import PostProcess
 from segjax.inference.run_loader import load_run
-from segjax.train import loop, run_folder
+from segjax.runs import run_folder
+from segjax.train import loop
+from tests.conftest import all_probs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +63,7 @@ def test_submission_matches_direct_predictions_at_original_size(trained_run, dem
     loaded = load_run(trained_run)
     config = loaded.config
     arrays = decode.load(found.test, config.data.image_size, config.data.grayscale)
-    probs = predictor.predict_all(loaded, arrays.images, 4, report.tta)
+    probs = all_probs(loaded, arrays.images, 4, report.tta)
     params, _ = tuning.load_tuned(trained_run)
     for (image_id, encoded), prob, sample in zip(rows[1:], probs, found.test, strict=True):
         height, width = np.asarray(decode.read_image(sample.image)).shape[:2]
@@ -177,7 +179,7 @@ def test_validation_dice_of_training_equals_evaluation_at_one_half(tmp_path):
     training's reported validation Dice is evaluate.py's at 0.5 without post-processing."""
     from segjax.data import synthetic
     from segjax.inference.analysis import evaluate_run
-    from segjax.train import metrics_log
+    from segjax.runs import metrics_log
     from tests.conftest import make_tiny_config
 
     root = synthetic.generate(tmp_path / "data", n_train=30, n_test=1, seed=5, sizes=((32, 32),))

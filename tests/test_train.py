@@ -22,8 +22,11 @@ from segjax import errors, parallel
 from segjax.config import RunOptions, TrainConfig, replace
 from segjax.data import sources
 from segjax.errors import UserError
-from segjax.train import budget, checkpoint, loop, metrics_log, optim, run_folder, start
+from segjax.runs import checkpoint, metrics_log, run_folder
+from segjax.train import budget, loop, optim, start
+from segjax.train.progress import Ended
 from segjax.train.step import create_steps, create_train_state
+from tests.conftest import on_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +46,10 @@ def test_one_step(tiny_config):
     steps = create_steps(config, facts, mesh, 10)
     state = create_train_state(config, jax.random.key(0), 10)
     before = jax.tree.map(np.array, state.params)  # a copy: the step donates the state
-    state, out = steps.train(state, parallel.shard_batch(batch, mesh), jax.random.key(1))
+    state, out = steps.train(state, on_devices(batch, mesh), jax.random.key(1))
     assert int(state.step) == 1
     assert np.isfinite(float(out["loss"]))
-    state, out = steps.train(state, parallel.shard_batch(batch, mesh), jax.random.key(1))
+    state, out = steps.train(state, on_devices(batch, mesh), jax.random.key(1))
     # Golden number: init, augmentation, loss and one Adam update together. If a deliberate
     # change moves it, print float(out["loss"]) here and paste the new value.
     # Regenerated once when the parameters moved under encoder/ and decoder/ (Flax seeds each
@@ -70,7 +73,7 @@ def test_a_train_step_makes_no_hidden_transfers(tiny_config):
     state = jax.device_put(
         create_train_state(config, jax.random.key(0), 10), parallel.replicated(mesh)
     )
-    batch, key = parallel.shard_batch(batch, mesh), jax.device_put(jax.random.key(1))
+    batch, key = on_devices(batch, mesh), jax.device_put(jax.random.key(1))
     state, out = steps.train(state, batch, key)  # compiles outside the guard
     with jax.transfer_guard("disallow"):
         state, out = steps.train(state, batch, key)
@@ -85,7 +88,7 @@ def test_overfitting_a_fixed_batch_drives_the_loss_down(tiny_config):
     mesh = parallel.create_mesh()
     steps = create_steps(config, facts, mesh, 10)
     state = create_train_state(config, jax.random.key(0), 10)
-    batch = parallel.shard_batch(batch, mesh)
+    batch = on_devices(batch, mesh)
     losses = []
     for _ in range(60):
         state, out = steps.train(state, batch, jax.random.key(1))
@@ -94,8 +97,9 @@ def test_overfitting_a_fixed_batch_drives_the_loss_down(tiny_config):
 
 
 def lrs(config: TrainConfig, steps_per_epoch: int) -> np.ndarray:
-    schedule = optim.create_schedule(config, steps_per_epoch)
-    return np.array([float(schedule(s)) for s in range(config.epochs * steps_per_epoch + 1)])
+    total = config.epochs * steps_per_epoch
+    rate = lambda step: float(optim.learning_rate_at(config, step, total, steps_per_epoch))
+    return np.array([rate(s) for s in range(total + 1)])
 
 
 def test_schedules():
@@ -302,7 +306,8 @@ def test_early_stopping_fires(tmp_path, tiny_config):
     last = loop.fit(config, tmp_path / "run", RunOptions(progress=False))
     rows = metrics_log.read_metrics(tmp_path / "run/metrics.jsonl")
     assert len({r["val_mean_dice"] for r in rows}) == 1
-    assert len(rows) == 3 and last["epoch"] == 3
+    assert len(rows) == 3 and last.row["epoch"] == 3
+    assert last.ended is Ended.EARLY_STOPPED
 
 
 @pytest.mark.slow
@@ -343,9 +348,8 @@ def test_init_from_starts_from_another_runs_best_weights(tmp_path, tiny_config):
     # A fine-tune resumes from its own checkpoint: the source run is no longer needed.
     shutil.rmtree(first)
     longer = replace(tuned, train={"epochs": 2})
-    assert (
-        loop.fit(longer, tmp_path / "second", RunOptions(resume=True, progress=False))["epoch"] == 2
-    )
+    resumed = loop.fit(longer, tmp_path / "second", RunOptions(resume=True, progress=False))
+    assert resumed.row["epoch"] == 2
 
 
 @pytest.mark.slow
@@ -358,7 +362,7 @@ def test_unet_valid_trains_and_previews_whole_images(demo_dir, tmp_path):
         data={"image_size": (44, 52)},
         model={"arch": "unet-valid"},
     )
-    row = loop.fit(config, tmp_path / "run", RunOptions(progress=False))
+    row = loop.fit(config, tmp_path / "run", RunOptions(progress=False)).row
     assert np.isfinite(row["val_loss"]) and 0 <= row["val_mean_dice"] <= 1
     preview = Image.open(tmp_path / "run/previews/epoch_001.png")
     # Three 44x52 tiles per row (2 px gaps), a 14 px header, preview_count = 2 rows.
@@ -421,10 +425,10 @@ def test_a_run_that_falls_behind_its_budget_stops_after_the_last_epoch_that_fits
     timing = budget.Timing(step_s=1.0, overhead_s=2.0, val_s=5.2, compile_s=0.0)
     monkeypatch.setattr(budget, "measure", lambda setup, state, clock: timing)
     config = replace(tiny_config, train={"epochs": 6})
-    row = loop.fit(
+    result = loop.fit(
         config, tmp_path / "run", RunOptions(progress=False, time_budget=1), clock=StepClock(10)
     )
-    assert row["budget"] and row["epoch"] == 1
+    assert result.ended is Ended.BUDGET_SPENT and result.row["epoch"] == 1
     facts = run_folder.read_facts(tmp_path / "run")
     assert (facts.epochs, facts.steps) == (1, 8)
     out = capsys.readouterr().out
@@ -471,12 +475,13 @@ def test_the_budget_is_planned_again_after_each_epoch_and_the_last_epoch_cut(
     monkeypatch.setattr(loop.Loop, "close_epoch", timed_close)
     config = replace(tiny_config, train={"epochs": 20})
     run = tmp_path / "run"
-    row = loop.fit(config, run, RunOptions(progress=False, time_budget=0.5), clock=clock)
+    result = loop.fit(config, run, RunOptions(progress=False, time_budget=0.5), clock=clock)
+    row = result.row
     out = capsys.readouterr().out
     assert "time budget 0.5 min: 9 epochs (the last 4 of 8 batches) planned" in out
     replans = [line.split(" (was")[0] for line in out.splitlines() if "re-planned to" in line]
     assert replans == ["time budget: re-planned to 6 epochs (the last 6 of 8 batches)"]
-    assert "budget" not in row and (row["epoch"], row["step"]) == (6, 46)
+    assert result.ended is Ended.FINISHED and (row["epoch"], row["step"]) == (6, 46)
     assert clock.now == pytest.approx(17.5)
     facts = run_folder.read_facts(run)
     assert (facts.epochs, facts.steps) == (6, 46)
@@ -509,8 +514,9 @@ def test_sigterm_mid_epoch_saves_the_position_and_resume_equals_never_stopping(
     monkeypatch.setattr(start, "create_steps", steps_that_signal)
     run_dir = tmp_path / "stopped"
     handler = signal.getsignal(signal.SIGTERM)
-    row = loop.fit(config, run_dir, RunOptions(progress=False))
-    assert row["stopped"] == [1, 3] and row["epoch"] == 1
+    result = loop.fit(config, run_dir, RunOptions(progress=False))
+    where = (result.progress.epoch, result.progress.batch)
+    assert result.ended is Ended.INTERRUPTED and where == (1, 3) and result.row["epoch"] == 1
     assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
     _, meta = final_state(config, run_dir)
     assert meta["partial"] and meta["position"] == [1, 3]
@@ -528,8 +534,8 @@ def test_a_session_limit_pauses_between_epochs_and_the_next_session_equals_never
     config, straight = straight_run
     run_dir = tmp_path / "session"
     options = RunOptions(progress=False, session_limit=1.5)
-    row = loop.fit(config, run_dir, options, clock=StepClock(10))
-    assert row["session"] and row["epoch"] == 2
+    result = loop.fit(config, run_dir, options, clock=StepClock(10))
+    assert result.ended is Ended.SESSION_PAUSED and result.row["epoch"] == 2
     assert "session limit: paused after epoch 2 of 4" in capsys.readouterr().out
     assert run_folder.read_facts(run_dir).epochs == 4  # the schedule is kept
     subprocess_fit(config, run_dir, resume=True)
@@ -560,15 +566,15 @@ def test_the_moving_average_follows_the_weights_and_is_what_validation_sees(tiny
     steps = create_steps(config, facts, mesh, 10)
     state = create_train_state(config, jax.random.key(0), 10, facts)
     start_params = jax.tree.map(np.array, state.params)  # a copy: the step donates the state
-    state, _ = steps.train(state, parallel.shard_batch(batch, mesh), jax.random.key(1))
+    state, _ = steps.train(state, on_devices(batch, mesh), jax.random.key(1))
     expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, start_params, state.params)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema["params"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    with_ema = steps.eval(state, parallel.shard_batch(batch, mesh))
-    raw = steps.eval(state.replace(ema=None), parallel.shard_batch(batch, mesh))
+    with_ema = steps.eval(state, on_devices(batch, mesh))
+    raw = steps.eval(state.replace(ema=None), on_devices(batch, mesh))
     averaged = steps.eval(
         state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"], ema=None),
-        parallel.shard_batch(batch, mesh),
+        on_devices(batch, mesh),
     )
     np.testing.assert_array_equal(with_ema["probs"], averaged["probs"])
     assert not np.array_equal(with_ema["probs"], raw["probs"])

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from segjax.train import metrics_log
+from segjax.runs import metrics_log
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/ccp_person"

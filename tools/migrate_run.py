@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from segjax.config import RunFacts, load_config
 from segjax.models.builder import create_model
-from segjax.train import checkpoint, run_folder
+from segjax.runs import checkpoint, run_folder
 
 
 def upgrade_layout(variables: dict, arch: str) -> dict:
@@ -70,12 +71,25 @@ def legacy_layout(variables: dict, arch: str) -> dict:
     return {collection: flatten(dict(tree)) for collection, tree in variables.items()}
 
 
-def _migrate_config(run_dir: Path) -> None:
-    raw = json.loads((run_dir / run_folder.CONFIG_FILE).read_text())
+# segjax 0.1 kept these facts in config.json (and the planned epochs as its train.epochs).
+FACTS_IN_CONFIG = {"data": ("mean", "std"), "model": ("encoder_source", "dtype")}
+
+
+def _migrate_config(run_dir: Path) -> RunFacts:
+    """config.json without the facts, which go to run.json; returns them."""
+    path = run_dir / run_folder.CONFIG_FILE
+    raw = json.loads(path.read_text())
     raw.setdefault("model", {}).setdefault("encoder", "scratch")  # 0.1 had only its own
-    (run_dir / run_folder.CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
-    config, facts = run_folder.read_run(run_dir)  # reads the facts still in config.json
+    found = {}
+    for section, keys in FACTS_IN_CONFIG.items():
+        for key in keys:
+            if key in raw.get(section, {}):
+                value = raw[section].pop(key)
+                found[key] = tuple(value) if isinstance(value, list) else value
+    config = load_config(path, raw)
+    facts = RunFacts(**found, epochs=config.train.epochs)
     run_folder.write_run(run_dir, config, facts)
+    return facts
 
 
 def _migrate_tuned(run_dir: Path) -> None:
@@ -96,7 +110,7 @@ def _template(run_dir: Path) -> dict:
 
 
 def _migrate_checkpoints(run_dir: Path) -> list[int]:
-    config, _ = run_folder.read_run(run_dir)
+    config, facts = run_folder.read_run(run_dir)
     old_dir, new_dir = run_dir / "checkpoints-0.1", run_dir / "checkpoints"
     if not old_dir.exists():
         shutil.move(new_dir, old_dir)
@@ -111,6 +125,7 @@ def _migrate_checkpoints(run_dir: Path) -> list[int]:
         if checkpoint.BEST_METRIC not in metrics and "val_dice" in metrics:
             metrics[checkpoint.BEST_METRIC] = metrics.pop("val_dice")
         meta["metrics"] = metrics
+        meta.setdefault("facts", facts.to_dict())  # what a resume reads the schedule from
         checkpoint.save(new, step, upgrade_layout(variables, config.model.arch), meta)
     checkpoint.seal(new)
     steps = new.all_steps()

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from segjax.train import metrics_log
+from segjax.runs import metrics_log
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

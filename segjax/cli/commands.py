@@ -130,7 +130,7 @@ def fold_number(args: argparse.Namespace) -> int | None:
 
 def train(args: argparse.Namespace) -> None:
     from segjax import parallel, workflows
-    from segjax.train import run_folder
+    from segjax.runs import run_folder
 
     started = float(os.environ["SEGJAX_START"].partition(":")[2])
     options = flags.option_values(args, RunOptions, started=started)  # checked before any work
@@ -242,7 +242,7 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def predict(args: argparse.Namespace) -> int:
     from segjax.inference import masks
-    from segjax.train import run_folder
+    from segjax.runs import run_folder
 
     options = flags.option_values(args, InferenceOptions)
     outputs = masks.Outputs(check_output_folder(args.out), args.overlay, args.probs)
@@ -257,7 +257,19 @@ def predict(args: argparse.Namespace) -> int:
 
 def export_arguments(parser: argparse.ArgumentParser) -> None:
     _runs_flag(parser, several=False)
-    parser.add_argument("--out", required=True, help="output file, e.g. model.jaxexport")
+    parser.add_argument(
+        "--format",
+        choices=["jax", "onnx"],
+        default="jax",
+        help="jax: jax.export's serialised function (runs where jax runs); onnx: an ONNX model "
+        "for onnxruntime and web pages, checked against segjax (pip install 'segjax[onnx]')",
+    )
+    parser.add_argument(
+        "--out", required=True, help="output file, e.g. model.jaxexport or model.onnx"
+    )
+    parser.add_argument(
+        "--batch", type=int, metavar="N", help="onnx: a fixed batch size (default: any)"
+    )
     names = ("checkpoint", "tta", "threshold")
     flags.add_option_flags(parser, InferenceOptions, names, title="prediction")
     _process_flags(parser)
@@ -265,11 +277,25 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def export(args: argparse.Namespace) -> None:
     from segjax.inference.export import export_run
-    from segjax.train import run_folder
+    from segjax.runs import run_folder
 
     options = flags.option_values(args, InferenceOptions)
-    check_output_file(args.out, example="model.jaxexport")
+    check_output_file(
+        args.out, example="model.onnx" if args.format == "onnx" else "model.jaxexport"
+    )
+    if args.batch is not None and (args.format != "onnx" or args.batch < 1):
+        raise UserError("--batch N: a positive batch size, with --format onnx")
     run_dir = Path(args.run_dir) if args.run_dir else run_folder.newest_run()
+    if args.format == "onnx":
+        from segjax.inference.onnx_export import export_onnx
+
+        record = export_onnx(run_dir, args.out, options, batch=args.batch)
+        print(
+            f"wrote {args.out} and {args.out}.json: {record['input']}; TTA "
+            f"{'on' if record['tta'] else 'off'}, threshold "
+            f"{record['postprocess']['threshold']}; {record['checked']}"
+        )
+        return
     record = export_run(run_dir, args.out, options)
     print(
         f"wrote {args.out} and {args.out}.json: {record['image_size'][0]}x"
@@ -337,11 +363,13 @@ COMMANDS = {
         predict,
     ),
     "export": Command(
-        "serialise a run's prediction function with jax.export",
-        "Serialise a run's prediction function with jax.export (uint8 images at the training "
-        "size -> probabilities; TTA as tuned; batch size free), for CPU, CUDA and TPU where it "
-        "lowers, plus a JSON of what a caller needs. tools/run_exported.py runs it with only "
-        "jax, numpy and flatbuffers.",
+        "a run's prediction function for jax (jax.export) or ONNX runtimes",
+        "Serialise a run's prediction function (uint8 images at the training size -> "
+        "probabilities; normalisation and TTA as tuned inside; batch size free), plus a JSON of "
+        "what a caller needs (threshold, post-processing, how to resize back). --format jax: "
+        "jax.export for CPU, CUDA and TPU where it lowers (tools/run_exported.py runs it with "
+        "only jax, numpy and flatbuffers); --format onnx: an ONNX model for onnxruntime "
+        "(Python, C++, mobile, the browser: examples/web/), checked against segjax.",
         export_arguments,
         export,
     ),

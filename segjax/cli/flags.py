@@ -11,24 +11,26 @@ import argparse
 import dataclasses
 from typing import Any
 
-from segjax.config import Config, check, flag_of, options, parse_size, replace, show
+from segjax.config import (
+    Config,
+    check,
+    choices_of,
+    flag_of,
+    options,
+    parse_size,
+    replace,
+    show,
+)
 from segjax.errors import UserError
 
 
-def registries() -> dict[str, list[str]]:
-    """The names of every registry a setting can choose from."""
-    from segjax.losses import LOSSES
-    from segjax.models.registry import ARCHS, ENCODERS
-
-    return {"archs": list(ARCHS), "encoders": list(ENCODERS), "losses": list(LOSSES)}
-
-
 def choices(field: dataclasses.Field) -> list[str] | None:
-    """A field's allowed values: its own tuple, or the entries of the registry it names."""
-    named = field.metadata.get("choices")
-    if isinstance(named, str):
-        return registries()[named]
-    return list(named) if named else None
+    """A field's allowed values: its own tuple, or the entries of the registry it names (the
+    registries fill themselves in when imported)."""
+    import segjax.losses
+    import segjax.models.registry  # noqa: F401
+
+    return choices_of(field)
 
 
 def _kind(field: dataclasses.Field) -> type:

@@ -53,7 +53,12 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 def read_image(path: Path, grayscale: bool = False) -> Image.Image:
     """Any of L, RGB, RGBA, P, 16-bit: to RGB (or L when grayscale)."""
-    return _to_8bit(_open(path)).convert("L" if grayscale else "RGB")
+    return to_mode(_open(path), grayscale)
+
+
+def to_mode(image: Image.Image, grayscale: bool = False) -> Image.Image:
+    """An opened image of any mode as RGB (or L when grayscale), 16-bit scaled to 8."""
+    return _to_8bit(image).convert("L" if grayscale else "RGB")
 
 
 def read_mask(path: Path) -> np.ndarray:

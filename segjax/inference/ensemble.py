@@ -21,10 +21,10 @@ import numpy as np
 from segjax.data import sources
 from segjax.data.decode import Arrays
 from segjax.errors import UserError
-from segjax.inference import predictor, tuning
+from segjax.inference import onnx_export, predictor, tuning
 from segjax.inference.postprocess import PostProcess
 from segjax.inference.run_loader import Loaded, load_run
-from segjax.train import run_folder
+from segjax.runs import run_folder
 
 
 class Member(NamedTuple):
@@ -64,10 +64,16 @@ def run_dirs(paths: Sequence[str | os.PathLike] | None) -> tuple[list[Path], Pat
     return paths, None
 
 
-def load(paths, which: str = "best", tta: bool | None = None) -> Ensemble:
-    """Load every member's weights; their data must be the same."""
+def load(paths, which: str = "best", tta: bool | None = None, options=None) -> Ensemble:
+    """Load every member's weights; their data must be the same. `options` (an
+    InferenceOptions) may name another backend for the network (one run only)."""
     dirs, folder = run_dirs(paths)
     loaded = [load_run(d, which) for d in dirs]
+    if options is not None and options.backend != "jax":
+        if len(loaded) > 1:
+            raise UserError("--backend onnxruntime predicts with one run, not an ensemble")
+        tuned_tta = tuning.settings(dirs[0], None, tta)[1]
+        loaded = [onnx_export.attach(loaded[0], options.onnx or None, tuned_tta)]
     first = loaded[0]
     for other in loaded[1:]:
         if other.config.data.data_dir != first.config.data.data_dir:

@@ -21,7 +21,7 @@ from segjax.config import InferenceOptions, check
 from segjax.data import decode, layout
 from segjax.errors import DataError, UserError
 from segjax.files import check_output_folder, save_png
-from segjax.inference import postprocess, predictor, tuning
+from segjax.inference import onnx_export, postprocess, predictor, tuning
 from segjax.inference.postprocess import PostProcess
 from segjax.inference.run_loader import load_run
 
@@ -120,10 +120,8 @@ def predict_files(
     if taken and not force:
         shown = ", ".join(map(str, taken[:5])) + (" ..." if len(taken) > 5 else "")
         raise UserError(f"{len(taken)} outputs exist already ({shown}): add --force to replace")
-    loaded = load_run(run_dir, options.checkpoint)
+    loaded, post, tta = _loaded(run_dir, options)
     config = loaded.config
-    post, tta = tuning.settings(run_dir, options.threshold, options.tta)
-    post = post if options.postprocess else PostProcess(post.threshold)
     batch = options.batch_size or config.train.eval_batch_size
     outputs.out.mkdir(parents=True, exist_ok=True)
     failed, written = [], 0
@@ -142,6 +140,16 @@ def predict_files(
     return Report(written, failed, outputs.out)
 
 
+def _loaded(run_dir, options: InferenceOptions):
+    """The run to predict with (on the backend asked for), its post-processing and TTA."""
+    loaded = load_run(run_dir, options.checkpoint)
+    post, tta = tuning.settings(run_dir, options.threshold, options.tta)
+    post = post if options.postprocess else PostProcess(post.threshold)
+    if options.backend != "jax":
+        loaded = onnx_export.attach(loaded, options.onnx or None, tta)
+    return loaded, post, tta
+
+
 def _write_outputs(path: Path, original, prob, post: PostProcess, outputs: Outputs) -> None:
     full = predictor.resize_prob(prob, original.shape[:2])
     mask = postprocess.apply(full, post)
@@ -151,6 +159,48 @@ def _write_outputs(path: Path, original, prob, post: PostProcess, outputs: Outpu
     if outputs.probs:
         prob_u8 = np.clip(np.round(full * 255.0), 0, 255).astype(np.uint8)
         _write_png(prob_u8, outputs.out / f"{path.stem}_prob.png")
+
+
+def _as_image(item, grayscale: bool) -> Image.Image:
+    """A file path, a PIL image or a uint8 array [H, W] or [H, W, C] as an RGB (or L) image."""
+    if isinstance(item, (str, os.PathLike)):
+        return decode.read_image(Path(item), grayscale)
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3):
+            raise UserError(
+                f"an image array must be uint8 [H, W] or [H, W, C], not {item.dtype} "
+                f"{list(item.shape)}"
+            )
+        item = Image.fromarray(item[..., :3] if item.ndim == 3 else item)
+    if not isinstance(item, Image.Image):
+        raise UserError(f"not an image: {type(item).__name__} (a path, a PIL image or an array)")
+    return decode.to_mode(item, grayscale)
+
+
+def predict_masks(
+    run_dir: str | os.PathLike, images: Sequence, options: InferenceOptions = InferenceOptions()
+) -> list[np.ndarray]:
+    """The masks (uint8 0/1, each image's original size) of image files, PIL images or uint8
+    arrays, by the submission's path: tuned threshold, post-processing and TTA."""
+    check(options)
+    loaded, post, tta = _loaded(run_dir, options)
+    config = loaded.config
+    batch = options.batch_size or config.train.eval_batch_size
+    originals = [_as_image(item, config.data.grayscale) for item in images]
+    if not originals:
+        return []
+    stack = np.stack([decode.resize_image(image, config.data.image_size) for image in originals])
+    masks: list = [None] * len(originals)
+    for idx, prob_batch in predictor.iterate_probs(loaded, stack, batch, tta):
+        for i, prob in zip(idx, prob_batch, strict=True):
+            size = (originals[i].height, originals[i].width)
+            masks[i] = mask_at(prob, size, post)
+    return masks
+
+
+def mask_at(prob: np.ndarray, size: tuple[int, int], post: PostProcess) -> np.ndarray:
+    """A probability map at the training size -> the uint8 0/1 mask at `size` (H, W)."""
+    return postprocess.apply(predictor.resize_prob(prob, size), post).astype(np.uint8)
 
 
 def report_failures(report: Report) -> int:

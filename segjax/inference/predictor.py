@@ -40,6 +40,9 @@ def iterate_probs(
     loaded: Loaded, images_u8: np.ndarray, batch_size: int, tta: bool, mesh=None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (indices, probabilities [b, H, W]) batch by batch, pads dropped: one compiled shape."""
+    if loaded.network is not None:  # another runtime runs the network: host arrays
+        yield from _network_probs(loaded.network, images_u8, batch_size)
+        return
     mesh = mesh or parallel.create_mesh()
     batch_size = parallel.fit_batch(batch_size)  # padded anyway; the result does not change
     fn = create_predict_fn(loaded.config, loaded.facts, mesh, tta)
@@ -55,10 +58,12 @@ def iterate_probs(
         yield pending[0], parallel.gather(pending[2])[pending[1]]
 
 
-def predict_all(loaded: Loaded, images_u8: np.ndarray, batch_size: int, tta: bool, mesh=None):
-    """Probabilities [N, H, W] at the training size for a whole array of images."""
-    parts = list(iterate_probs(loaded, images_u8, batch_size, tta, mesh))
-    return np.concatenate([p for _, p in parts]) if parts else np.zeros((0,))
+def _network_probs(network, images_u8: np.ndarray, batch_size: int):
+    """`iterate_probs` by an onnxruntime session (its TTA is inside the model)."""
+    for start in range(0, len(images_u8), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(images_u8)))
+        batch = np.ascontiguousarray(images_u8[idx])
+        yield idx, network.run(None, {"images": batch})[0]
 
 
 def resize_prob(prob_HxW: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -18,7 +18,7 @@ from segjax.config import Config
 from segjax.data import decode, sources
 from segjax.errors import UserError
 from segjax.inference import ensemble, postprocess
-from segjax.train import run_folder
+from segjax.runs import run_folder
 
 SPLIT_SETTINGS = ("data_dir", "split_seed", "val_fraction", "test_fraction", "folds", "fold")
 

@@ -4,7 +4,7 @@ checkpoint; no training code, no optimizer state."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ from segjax import parallel
 from segjax.config import Config, RunFacts
 from segjax.errors import UserError
 from segjax.models.builder import create_model
-from segjax.train import checkpoint, run_folder
+from segjax.runs import checkpoint, run_folder
 
 
 class Loaded(NamedTuple):
@@ -22,6 +22,9 @@ class Loaded(NamedTuple):
     variables: dict  # {"params": ..., "batch_stats": ...}, replicated over the mesh
     step: int  # the checkpoint's epoch
     run_dir: Path
+    # Another runtime's network in place of the jitted one (`segjax.inference.onnx_export
+    # .attach`): an onnxruntime session with the run's tuned TTA inside.
+    network: Any = None
 
 
 def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
@@ -34,7 +37,7 @@ def load_run(run_dir: str | Path, which: str = "best", mesh=None) -> Loaded:
     if run_folder.is_folds(run_dir):
         raise UserError(
             f"{run_dir} is a k-fold folder: name one of its runs ({run_dir}/fold-0, ...); "
-            "submit.py and evaluate.py take the folder as one ensemble"
+            "segjax submit and segjax evaluate take the folder as one ensemble"
         )
     config, facts = run_folder.read_run(run_dir)
     model = create_model(config.model, facts.dtype)

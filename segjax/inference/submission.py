@@ -97,7 +97,7 @@ def make_submission(
     if out is not None:
         check_output_file(out)
     paths = [runs] if isinstance(runs, str | os.PathLike) else runs
-    group = ensemble.load(paths, options.checkpoint, options.tta)
+    group = ensemble.load(paths, options.checkpoint, options.tta, options)
     if out is None and group.home is None:
         raise UserError("several runs: say where the submission goes with --out")
     path = Path(out) if out else group.home / "submission.csv"

@@ -34,7 +34,7 @@ def _encoder(config: ModelConfig, dtype) -> nn.Module:
             dtype=dtype,
             name="encoder",
         )
-    stages = {"frozen_stages": config.frozen_stages} if config.frozen_stages else {}
+    stages = {"frozen_stages": config.freeze_encoder_stages} if config.freeze_encoder_stages else {}
     return entry.module(
         bn_frozen=config.encoder_bn == "frozen", dtype=dtype, name="encoder", **stages
     )
@@ -43,7 +43,7 @@ def _encoder(config: ModelConfig, dtype) -> nn.Module:
 def frozen_encoder_modules(config: ModelConfig) -> set[str]:
     """The encoder's submodules that --freeze-encoder-stages freezes (their parameters get no
     update, weight decay included)."""
-    if not config.frozen_stages:
+    if not config.freeze_encoder_stages:
         return set()
     return _encoder(config, DTYPES["float32"]).frozen_modules()
 
@@ -73,14 +73,14 @@ def check_model(config: ModelConfig) -> None:
             f"design); with --encoder {config.encoder} use --arch {usable}"
         )
     family = ENCODERS[config.encoder].family
-    if config.frozen_stages and family not in ("efficientnet", "efficientnet-lite"):
+    if config.freeze_encoder_stages and family not in ("efficientnet", "efficientnet-lite"):
         raise UserError(
             f"--freeze-encoder-stages: --encoder {config.encoder} has no EfficientNet stages; "
             "it works with efficientnet-lite0..2 and efficientnet-b0..b5"
         )
-    if config.frozen_stages > 7:
+    if config.freeze_encoder_stages > 7:
         raise UserError(
-            f"--freeze-encoder-stages {config.frozen_stages}: an EfficientNet has 7 stages"
+            f"--freeze-encoder-stages {config.freeze_encoder_stages}: an EfficientNet has 7 stages"
         )
     if config.encoder_bn == "frozen" and not ENCODERS[config.encoder].batch_norm:
         raise UserError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from collections.abc import Callable
 
@@ -298,6 +300,22 @@ def _depthwise_cpu_bwd(stride, padding, saved, g):
 depthwise_cpu.defvjp(_depthwise_cpu_fwd, _depthwise_cpu_bwd)
 
 
+# Inside `portable()`: the native grouped convolutions only, no per-platform choice (which
+# `jax.lax.platform_dependent` makes when lowering): what a converter to another runtime, such
+# as ONNX, can follow.
+_PORTABLE = contextvars.ContextVar("segjax_portable_forms", default=False)
+
+
+@contextlib.contextmanager
+def portable():
+    """Within: models trace to one form for every platform (the native grouped convolution)."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
+
+
 def depthwise_conv(
     x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, padding: str = "SAME"
 ) -> jax.Array:
@@ -310,6 +328,8 @@ def depthwise_conv(
     exported model carries both. The two agree to float rounding (tested).
     """
     native = functools.partial(depthwise_native, stride=stride, padding=padding)
+    if _PORTABLE.get():
+        return native(x_BxHxWxC, kernel_KxKx1xC)
     shifted = functools.partial(depthwise_cpu, stride=stride, padding=padding)
     return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKx1xC, cpu=shifted, default=native)
 
@@ -394,6 +414,8 @@ def grouped_conv(
     the native grouped convolution."""
     cpu = functools.partial(grouped_cpu, stride=stride, groups=groups)
     native = functools.partial(grouped_native, stride=stride, groups=groups)
+    if _PORTABLE.get():
+        return native(x_BxHxWxC, kernel_KxKxCgxO)
     return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKxCgxO, cpu=cpu, default=native)
 
 

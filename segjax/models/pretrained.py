@@ -237,17 +237,10 @@ def map_state_dict(
     return jax.tree_util.tree_map_with_path(fill, template)
 
 
-def load_encoder(encoder: str, source: str, template: dict[str, Any]) -> tuple[dict, str]:
-    """ImageNet (or file) weights for an encoder's variables template, from `--encoder-weights
-    source`. Returns (variables, a description of the source with the file's sha256)."""
-    path = weights_file(encoder, source)
-    if path is None:
-        raise WeightsError(f"--encoder {encoder} --encoder-weights {source}: nothing to load")
-    return load_file(encoder, path, template)
-
-
 def load_file(encoder: str, path: Path, template: dict[str, Any]) -> tuple[dict, str]:
-    """`load_encoder` for a file `weights_file` has already found (or downloaded)."""
+    """ImageNet (or another source's) weights for an encoder's variables template, from a file
+    `weights_file` has found (or downloaded). Returns (variables, a description of the source
+    with the file's sha256)."""
     state = weight_files.read_state_dict(path)
     variables = map_state_dict(state, template, ENCODERS[encoder].family, str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()

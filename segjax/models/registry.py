@@ -10,6 +10,7 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
+from segjax.config import register
 from segjax.models.convnext import ConvNeXt
 from segjax.models.decoders import NestedDecoder, UNetDecoder
 from segjax.models.encoders import EfficientNet, EfficientNetLite, ResNet, ScratchEncoder
@@ -23,6 +24,7 @@ class Encoder:
     package: tuple[str, str] | None = None  # (import name, file in it) of its ImageNet weights
     hub: str = ""  # the Hugging Face model whose model.safetensors has its ImageNet weights
     batch_norm: bool = True  # has BatchNorm (what --encoder-bn frozen keeps)
+    onnx_refused: str = ""  # why segjax export --format onnx refuses it ("": it exports)
 
 
 # timm's efficientnet_b0..b5: (width, depth) multipliers and the Hub model with ImageNet weights.
@@ -120,6 +122,7 @@ class Arch:
     valid: bool = False  # the 2015 paper's valid convolutions, with its overlap tile
     residual: bool = False  # residual blocks, in the scratch encoder too
     deep_supervision: bool = False  # takes --deep-supervision
+    onnx_refused: str = ""  # why segjax export --format onnx refuses it ("": it exports)
 
 
 ARCHS = {
@@ -131,3 +134,7 @@ ARCHS = {
     "resunet": Arch(functools.partial(UNetDecoder, residual=True), residual=True),
     "unetpp": Arch(NestedDecoder, scratch_only=True, deep_supervision=True),
 }
+
+
+register("encoders", lambda: list(ENCODERS))
+register("archs", lambda: list(ARCHS))

@@ -21,10 +21,25 @@ from segjax import parallel
 from segjax.train import validate
 from segjax.train.start import Setup, small_phase
 
+# Fitted constants, each from measured runs on this project's CPU (2 cores):
+# - the tuning reserve: 2 s + the evaluation step's compile time + 2.5 validations + 0.15 s an
+#   image, fitted to the tuning times from a run's last epoch to the command's end: 31 s for
+#   80 photos at 192x128, 10 s for the demo (it kept 54 s and 21 s before the fit);
+TUNING_BASE_S, TUNING_VALIDATIONS, TUNING_PER_IMAGE_S = 2.0, 2.5, 0.15
+# - a time budget keeps 3% for its estimates' errors (epochs vary; a run ended 0.4 s past its
+#   12 minutes with 2%) and what runs before the clock starts;
+BUDGET_MARGIN = 0.03
+# - a session limit keeps 30 s and 1% for the last checkpoint and the process's end;
+SESSION_MARGIN_S, SESSION_MARGIN = 30.0, 0.01
+# - an epoch's closing beyond its validation and drawing: the checkpoint, about a second;
+CHECKPOINT_S = 1.0
+# - with --fold all, 5% of the budget is kept for tuning the ensemble (chosen, not fitted).
+ENSEMBLE_RESERVE = 0.05
+
 
 class Budget(NamedTuple):
-    """A deadline on `clock`, one epoch's estimate, and what must still fit after the epochs
-    (the tuning, or a safety margin); a time budget also keeps its first timing."""
+    """A time budget: a deadline on `clock`, one epoch's estimate, what must still fit after
+    the epochs (the tuning), and the first timing."""
 
     deadline: float
     epoch_s: float
@@ -32,19 +47,25 @@ class Budget(NamedTuple):
     clock: Any
     timing: Any = None  # Timing: measured before the first step
 
+
+class SessionLimit(NamedTuple):
+    """A session limit: a deadline on `clock` and the margin kept for the last checkpoint;
+    epochs are timed as they run (the first includes compiling)."""
+
+    deadline: float
+    margin_s: float
+    clock: Any
+
     def allows_another(self, longest_epoch_s: float) -> bool:
-        """Whether one more epoch (as long as the estimate or the longest so far) and the
-        reserve still end before the deadline."""
-        needed = max(self.epoch_s, longest_epoch_s) + self.reserve_s
-        return self.clock() + needed <= self.deadline
+        """Whether one more epoch as long as the longest so far ends before the deadline."""
+        return self.clock() + longest_epoch_s + self.margin_s <= self.deadline
 
 
-def session(minutes: float | None, started: float, clock) -> Budget | None:
-    """A session limit: epochs are timed as they run (the first includes compiling), and a
-    margin of 30 s and 1% of the session is kept for the last checkpoint."""
+def session(minutes: float | None, started: float, clock) -> SessionLimit | None:
     if not minutes:
         return None
-    return Budget(started + 60.0 * minutes, 0.0, 30.0 + 0.6 * minutes, clock)
+    margin = SESSION_MARGIN_S + SESSION_MARGIN * 60.0 * minutes
+    return SessionLimit(started + 60.0 * minutes, margin, clock)
 
 
 class Timing(NamedTuple):
@@ -102,9 +123,13 @@ def first_plan(available_s: float, timing: Timing, at: int, spe: int, most: int,
 def tuning_reserve(timing: Timing, n_val: int) -> float:
     """Seconds kept for tuning: two predictors compiled and run over the validation images
     (with and without flip TTA), the threshold/post-processing search, and the tuned setting
-    scored once more at the images' original size. Fitted to this CPU's measured tuning (last
-    epoch's end to the command's end): 31 s for 80 photos at 192x128, 10 s for the demo."""
-    return 2.0 + timing.compile_s + 2.5 * timing.val_s + 0.15 * n_val
+    scored once more at the images' original size (the constants above)."""
+    return (
+        TUNING_BASE_S
+        + timing.compile_s
+        + TUNING_VALIDATIONS * timing.val_s
+        + TUNING_PER_IMAGE_S * n_val
+    )
 
 
 def agree(steps: int) -> int:
@@ -154,7 +179,7 @@ def plan(setup: Setup, state, at: int, minutes: float | None, started: float, cl
     timing = measure(setup, state, clock)
     # tuning, and 3% of the budget for the estimates' errors (an epoch's time varies) and what
     # runs before the clock starts (the interpreter)
-    reserve_s = tuning_reserve(timing, len(setup.splits.val)) + 0.03 * 60.0 * minutes
+    reserve_s = tuning_reserve(timing, len(setup.splits.val)) + BUDGET_MARGIN * 60.0 * minutes
     deadline = started + 60.0 * minutes
     most = tc.epochs * spe
     available = deadline - clock() - reserve_s
@@ -180,10 +205,29 @@ def plan(setup: Setup, state, at: int, minutes: float | None, started: float, cl
     return with_plan(setup, steps, small_epochs), budget
 
 
-def replan(budget: Budget, timing: Timing, at: int, spe: int, most: int, switch: int) -> int:
-    """After an epoch: the step to end at, from the latest times and the clock now."""
-    available = budget.deadline - budget.clock() - budget.reserve_s
-    return agree(plan_phases(available, timing, at, spe, most, switch))
+class Plan(NamedTuple):
+    """A plan made again after an epoch."""
+
+    steps: int  # the step the schedule ends at
+    small_epochs: int  # progressive resizing's smaller phase, in epochs
+    stop: bool  # stop after the epoch just closed: the next would not end in time
+
+
+def replan(budget: Budget, timing: Timing, at: int, setup: Setup) -> Plan:
+    """After an epoch whose validation and checkpoint are still to come (`at`: its last step):
+    the plan from the latest times and the clock now. A plan that would end in the smaller
+    phase of progressive resizing ends that phase sooner (leaving an epoch at full size)."""
+    spe, small = setup.steps_per_epoch, setup.facts.small_epochs
+    most = setup.config.train.epochs * spe
+    # this epoch's closing (validation, drawing, checkpoint) is still to come
+    available = budget.deadline - budget.clock() - budget.reserve_s - timing.overhead_s
+    steps = agree(plan_phases(available, timing, at, spe, most, small * spe))
+    done = -(-at // spe)  # epochs done, this one included
+    if steps <= small * spe and small > done:
+        small = agree(max(done, -(-steps // spe) - 1))
+        steps = agree(plan_phases(available, timing, at, spe, most, small * spe))
+    stop = steps <= at
+    return Plan(at if stop else steps, small, stop)
 
 
 def measure(setup: Setup, state, clock, timed_steps: int = 4) -> Timing:
@@ -219,5 +263,5 @@ def measure(setup: Setup, state, clock, timed_steps: int = 4) -> Timing:
         rows = [{"epoch": e, **dict.fromkeys(keys, 0.5)} for e in (1, 2)]
         validate.draw(setup.splits, probs, rows, Path(scratch), 0)
         draw_s = clock() - tic
-    overhead_s = val_s + draw_s + 1.0  # + a checkpoint
+    overhead_s = val_s + draw_s + CHECKPOINT_S
     return Timing(step_s, overhead_s, val_s, setup.startup.eval_compile_s, small_s)

@@ -13,9 +13,9 @@ import jax
 from segjax.config import Config, RunOptions
 from segjax.errors import UserError
 from segjax.files import write_text
-from segjax.train import run_folder
-
-ENSEMBLE_RESERVE = 0.05  # of a time budget, kept for tuning the ensemble at the end
+from segjax.runs import run_folder
+from segjax.train.budget import ENSEMBLE_RESERVE
+from segjax.train.progress import Fit
 
 
 def _save_record(folder: Path, config: Config, done: list[int]) -> None:
@@ -27,7 +27,7 @@ def _save_record(folder: Path, config: Config, done: list[int]) -> None:
 def train_folds(
     config: Config,
     folder: Path,
-    train_one: Callable[[Config, Path, RunOptions], dict],
+    train_one: Callable[[Config, Path, RunOptions], Fit],
     options: RunOptions = RunOptions(),
     *,
     clock=time.time,
@@ -71,8 +71,7 @@ def train_folds(
             options, resume=again, overwrite=False, time_budget=share, started=clock()
         )
         config_of_fold = run_folder.resume_config(run_dir, {}) if again else fold_config
-        row = train_one(config_of_fold, run_dir, fold_options)
-        if row.get("stopped"):
+        if train_one(config_of_fold, run_dir, fold_options).ended.paused:
             print(
                 f"continue the folds with: segjax train --fold all --resume --run-dir {folder}",
                 flush=True,

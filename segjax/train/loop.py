@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 from segjax import parallel
 from segjax.config import Config, RunOptions
 from segjax.data import sampling
+from segjax.runs import checkpoint, metrics_log, run_folder, tensorboard
 from segjax.train import budget as planner
-from segjax.train import checkpoint, metrics_log, optim, run_folder, validate
+from segjax.train import optim, validate
 from segjax.train.console import describe, report
-from segjax.train.progress import Progress
+from segjax.train.progress import Ended, Fit, Progress
 from segjax.train.start import Setup, start
 
 
@@ -33,17 +34,16 @@ def fit(
     *,
     clock=time.time,
     extra=None,
-) -> dict:
-    """Train (or resume) into run_dir; return the last metrics row.
+) -> Fit:
+    """Train (or resume) into run_dir; return why it ended, where it stands, its last row.
 
     A folder that holds checkpoints needs `options.resume` (continue) or `options.overwrite`
-    (start again). `stop_at_epoch` ends this process's work after that epoch (the schedule still
-    spans all epochs); a later resume continues. `time_budget` (minutes, counted from
-    `started`, default now, on `clock`) plans the steps so that training and tuning end
-    within it, and plans again after each epoch (the last epoch may stop part-way). SIGINT or
-    SIGTERM finish the current step, save a checkpoint with the mid-epoch data position and
-    return; the row then has "stopped": [epoch, batch]. `extra` (arrays, record): more
-    training images, the pseudo-labels of `segjax.inference.pseudo`.
+    (start again). The options' `time_budget` and `session_limit` (minutes) count from
+    `options.started` (default: now) on `clock`; `segjax.train.budget` plans the steps that
+    fit and the pause. SIGINT or SIGTERM finish the current step, save a checkpoint with the
+    mid-epoch position and return. `extra` (arrays, record): more training images, the
+    pseudo-labels of `segjax.inference.pseudo`. Every way a call ends is an `Ended`, decided
+    in one place (`Loop.ended`).
 
     Resuming from the latest checkpoint gives the same parameters and metrics rows as a run
     that never stopped: the state, the data position and the progress record are restored,
@@ -68,7 +68,7 @@ def fit(
         if new_folder and jax.process_index() == 0:  # nothing half-made is left behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    state = begun.state
+    state, writer = begun.state, None
     try:
         state = with_schedule(state, setup.schedule_steps)
         if setup.lead:
@@ -82,12 +82,17 @@ def fit(
                 flush=True,
             )
         limit = planner.session(options.session_limit, started, clock)
+        logging = options.log == "tensorboard" and setup.lead
+        writer = tensorboard.Writer(setup.run_dir) if logging else None
         with stop_on_signals() as stop:
-            loop = Loop(setup, stop, budget, limit, options.progress and setup.lead, clock)
+            show = options.progress and setup.lead
+            loop = Loop(setup, stop, budget, limit, show, clock, writer)
             return loop.run(state, begun.progress, begun.rows, options.stop_at_epoch)
     finally:
         checkpoint.seal(setup.manager)
         setup.manager.close()
+        if writer is not None:
+            writer.close()
 
 
 def with_schedule(state, steps: int):
@@ -129,24 +134,23 @@ class Loop(NamedTuple):
     setup: Setup
     stop: threading.Event  # set by a signal: finish the step, save, return
     budget: planner.Budget | None  # --time-budget: the epochs were planned to fit it
-    session: planner.Budget | None  # --session-limit: pause when the next epoch would not fit
+    session: planner.SessionLimit | None  # --session-limit: pause when the next would not fit
     show: bool  # progress bars
     clock: Any = time.time  # the budget's and the session's clock
+    writer: Any = None  # --log tensorboard: segjax.runs.tensorboard.Writer
 
-    def run(self, state, progress: Progress, rows: tuple, stop_at_epoch: int | None) -> dict:
-        """Epochs from `progress` on; returns the last metrics row, with "stopped", "budget"
-        or "session" when a signal, the time budget or the session limit ended them early.
-        With a time budget the plan is made again after each epoch (`self.setup` then holds
-        the new plan)."""
+    def run(self, state, progress: Progress, rows: tuple, stop_at_epoch: int | None) -> Fit:
+        """Epochs from `progress` on, until `ended` finds a reason to stop (the one exit).
+        With a time budget the plan is made again after each epoch (the local `loop` then
+        holds the new plan)."""
         loop, tc, spe = self, self.setup.config.train, self.setup.steps_per_epoch
         rng = jax.random.fold_in(jax.random.key(tc.seed), 1)
         replace_step = progress.epoch + 1 if progress.batch else None  # a mid-epoch checkpoint
         longest = 0.0  # this process's longest epoch: validation, drawing, checkpoint included
         timing = self.budget.timing if self.budget is not None else None  # the latest times
-        epoch = progress.epoch
-        while epoch * spe < loop.setup.schedule_steps and epoch < (stop_at_epoch or math.inf):
-            if (tc.early_stop and progress.bad_epochs >= tc.early_stop) or self.stop.is_set():
-                break  # between epochs: the last checkpoint already holds this position
+        cut = False  # the time budget's plan ends after the epoch just closed
+        while (ended := loop.ended(progress, stop_at_epoch, cut, longest)) is None:
+            epoch = progress.epoch
             end = min(spe, loop.setup.schedule_steps - epoch * spe)  # a plan may cut the last
             timed = self.budget is not None or self.session is not None
             tic = self.clock() if timed else 0.0
@@ -158,8 +162,9 @@ class Loop(NamedTuple):
                 progress = dataclasses.replace(
                     progress, batch=done.batch, partial_losses=tuple(losses.tolist())
                 )
-                return loop.save_stop(state, progress, rows, replace_step)
-            steps_done, cut = end - progress.batch, False
+                loop.save_stop(state, progress, replace_step)
+                continue  # the signal is set: `ended` says INTERRUPTED
+            steps_done = end - progress.batch
             if self.budget is not None:  # planned again before the checkpoint, which keeps it
                 small = epoch < loop.setup.facts.small_epochs  # progressive resizing's phase
                 step_s = (trained - tic) / max(steps_done, 1)  # replaces its phase's estimate
@@ -170,56 +175,78 @@ class Loop(NamedTuple):
                 scale = float(state.dynamic_scale.scale)
                 train.update(skipped_steps=done.skipped, loss_scale=scale)
             state, progress, rows = loop.close_epoch(state, progress, rows, train, replace_step)
-            replace_step, epoch = None, epoch + 1
+            replace_step = None
             if timing is not None:  # this epoch's closing time, for the next plan (at least
                 first = self.budget.timing.overhead_s  # the first estimate: it drew a preview)
                 timing = timing._replace(overhead_s=max(self.clock() - trained, first))
             if loop.setup.lead:
-                log_timing(loop.setup.run_dir, epoch, done.seconds, steps_done * tc.batch_size)
+                log_timing(
+                    loop.setup.run_dir, progress.epoch, done.seconds, steps_done * tc.batch_size
+                )
                 report(rows[-1], progress, done.seconds)
-            if cut:
-                return {**rows[-1], "budget": True}
-            if self.session is not None and epoch * spe < loop.setup.schedule_steps:
+            if self.writer is not None:
+                preview = loop.setup.run_dir / f"previews/epoch_{progress.epoch:03d}.png"
+                self.writer.epoch(rows[-1], done.seconds / max(steps_done, 1), preview)
+            if self.session is not None:
                 longest = max(longest, self.clock() - tic)
-                if planner.agree(int(not self.session.allows_another(longest))):
-                    print(
-                        f"session limit: paused after epoch {epoch} of {loop.setup.epochs} "
-                        "(the next would not end in time); the checkpoint is saved. Next "
-                        f"session: {resume_command(loop.setup.run_dir)}",
-                        flush=True,
-                    )
-                    return {**rows[-1], "session": True}
-        last = rows[-1] if rows else {}
+        loop.say_why(ended, progress)
+        return Fit(ended, progress, rows[-1] if rows else {})
+
+    def ended(self, progress: Progress, stop_at_epoch, cut: bool, longest: float):
+        """Why the loop stops before its next epoch, or None to go on: the one place every
+        reason is checked, in order of precedence."""
+        spe, tc = self.setup.steps_per_epoch, self.setup.config.train
+        remains = progress.epoch * spe < self.setup.schedule_steps
         if self.stop.is_set():
-            print(f"stopped; continue with: {resume_command(loop.setup.run_dir)}", flush=True)
-            return {**last, "stopped": [progress.epoch, progress.batch]}
-        return last
+            return Ended.INTERRUPTED
+        if cut:
+            return Ended.BUDGET_SPENT
+        session = self.session
+        if (
+            remains
+            and longest
+            and session
+            and planner.agree(int(not session.allows_another(longest)))
+        ):
+            return Ended.SESSION_PAUSED
+        if not remains:
+            return Ended.FINISHED
+        if stop_at_epoch and progress.epoch >= stop_at_epoch:
+            return Ended.STOPPED_AT_EPOCH
+        if tc.early_stop and progress.bad_epochs >= tc.early_stop:
+            return Ended.EARLY_STOPPED
+        return None
+
+    def say_why(self, ended: Ended, progress: Progress) -> None:
+        """The line that says how to continue, where the run can continue (the time budget's
+        stop was said when the plan made it; a mid-epoch stop by `save_stop`)."""
+        if not self.setup.lead:
+            return
+        command = resume_command(self.setup.run_dir)
+        if ended is Ended.SESSION_PAUSED:
+            print(
+                f"session limit: paused after epoch {progress.epoch} of {self.setup.epochs} "
+                "(the next would not end in time); the checkpoint is saved. Next "
+                f"session: {command}",
+                flush=True,
+            )
+        elif ended is Ended.INTERRUPTED and not progress.batch:
+            print(f"stopped; continue with: {command}", flush=True)
 
     def replan(self, state, timing: planner.Timing, at: int):
-        """The time budget's plan made again at step `at`, the end of an epoch whose
-        validation and checkpoint are still to come: the loop with the new plan, the state
-        with the schedule's new length, and whether to stop after this epoch. A plan that
-        would end in the smaller phase of progressive resizing ends that phase sooner."""
+        """Apply the time budget's new plan at step `at` (`planner.replan`): the loop with it,
+        the state with the schedule's new length, and whether to stop after this epoch; the
+        plan is written to run.json and said."""
         setup, spe = self.setup, self.setup.steps_per_epoch
-        old, small, most = (
-            setup.schedule_steps,
-            setup.facts.small_epochs,
-            setup.config.train.epochs * spe,
-        )
-        budget = self.budget._replace(reserve_s=self.budget.reserve_s + timing.overhead_s)
-        steps = planner.replan(budget, timing, at, spe, most, small * spe)
-        done = -(-at // spe)  # epochs done, this one included
-        if steps <= small * spe and small > done:
-            small = planner.agree(max(done, -(-steps // spe) - 1))
-            steps = planner.replan(budget, timing, at, spe, most, small * spe)
-        if steps == old and small == setup.facts.small_epochs:
+        old = setup.schedule_steps
+        plan = planner.replan(self.budget, timing, at, setup)
+        if plan.steps == old and plan.small_epochs == setup.facts.small_epochs:
             return self, state, False
-        stop = steps <= at
-        steps = at if stop else steps
-        setup = planner.with_plan(setup, steps, small)
+        setup = planner.with_plan(setup, plan.steps, plan.small_epochs)
         if setup.lead:
             run_folder.write_run(setup.run_dir, setup.config, setup.facts)
-        if stop:
+        done = -(-at // spe)
+        if plan.stop:
             print(
                 f"time budget: stopping after epoch {done}, the next would not end in time "
                 f"(the plan was {planner.describe_plan(old, spe)})",
@@ -227,12 +254,12 @@ class Loop(NamedTuple):
             )
         else:
             print(
-                f"time budget: re-planned to {planner.describe_plan(steps, spe)} (was "
+                f"time budget: re-planned to {planner.describe_plan(plan.steps, spe)} (was "
                 f"{planner.describe_plan(old, spe)}) from epoch {done}'s times: "
                 f"{planner.describe_timing(timing, setup)}",
                 flush=True,
             )
-        return self._replace(setup=setup), with_schedule(state, steps), stop
+        return self._replace(setup=setup), with_schedule(state, plan.steps), plan.stop
 
     def close_epoch(self, state, progress: Progress, rows: tuple, train: dict, replace_step):
         """Validate, checkpoint, draw and log a finished epoch; the new state, progress, rows."""
@@ -260,7 +287,7 @@ class Loop(NamedTuple):
             metrics_log.append_metrics(setup.run_dir / "metrics.jsonl", row)
         return state, progress, rows
 
-    def save_stop(self, state, progress: Progress, rows: tuple, replace_step) -> dict:
+    def save_stop(self, state, progress: Progress, replace_step) -> None:
         """A signal stopped the loop mid-epoch: checkpoint that position and the epoch's losses
         so far (so that the resumed epoch's mean loss is the same), and say how to continue."""
         setup, epoch = self.setup, progress.epoch + 1
@@ -272,7 +299,6 @@ class Loop(NamedTuple):
             f"the checkpoint is saved. Continue with: {resume_command(setup.run_dir)}",
             flush=True,
         )
-        return {**(rows[-1] if rows else {}), "stopped": [progress.epoch, progress.batch]}
 
 
 def save(setup: Setup, epoch: int, state, meta: dict, replace: bool) -> None:

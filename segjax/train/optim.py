@@ -47,12 +47,6 @@ def learning_rate_at(config: TrainConfig, step, total, steps_per_epoch: int, sca
     raise ValueError(f"unknown schedule {config.schedule!r}")
 
 
-def create_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """The rate per step for `config.epochs` epochs (for plots, tests and messages)."""
-    total = config.epochs * steps_per_epoch
-    return lambda step: learning_rate_at(config, step, total, steps_per_epoch)
-
-
 def create_plateau(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
     return optax.contrib.reduce_on_plateau(
         factor=config.plateau_factor, patience=config.plateau_patience

@@ -1,9 +1,11 @@
-"""Where a run stands between two steps: a frozen value, saved with every checkpoint."""
+"""Where a run stands between two steps (a frozen value, saved with every checkpoint), and why
+a `fit` call ended."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import enum
+from typing import Any, NamedTuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,3 +52,27 @@ class Progress:
             bad_epochs=meta["bad_epochs"],
             partial_losses=tuple(meta.get("partial_losses", ())),
         )
+
+
+class Ended(enum.Enum):
+    """Why a `fit` call stopped training."""
+
+    FINISHED = "finished"  # the schedule's last step
+    EARLY_STOPPED = "early-stopped"  # --early-stop epochs without a better validation Dice
+    STOPPED_AT_EPOCH = "stopped at epoch"  # --stop-at-epoch, before the schedule's end
+    BUDGET_SPENT = "budget spent"  # --time-budget: the next epoch would not end in time
+    SESSION_PAUSED = "session paused"  # --session-limit: the next epoch would not end in time
+    INTERRUPTED = "interrupted"  # SIGINT or SIGTERM: the step finished, the position saved
+
+    @property
+    def paused(self) -> bool:
+        """A later `--resume` continues the same schedule (tuning waits for the run's end)."""
+        return self in (Ended.STOPPED_AT_EPOCH, Ended.SESSION_PAUSED, Ended.INTERRUPTED)
+
+
+class Fit(NamedTuple):
+    """What `fit` returns: why it ended, where the run stands, and its last metrics row."""
+
+    ended: Ended
+    progress: Progress
+    row: dict  # the last finished epoch's metrics ({} when none finished)

@@ -19,7 +19,8 @@ from segjax.data.decode import Arrays
 from segjax.errors import DataError, UserError
 from segjax.models import pretrained
 from segjax.models.builder import total_stride
-from segjax.train import checkpoint, metrics_log, optim, precision, run_folder
+from segjax.runs import checkpoint, metrics_log, run_folder
+from segjax.train import optim, precision
 from segjax.train.progress import Progress
 from segjax.train.step import (
     Steps,
@@ -196,8 +197,8 @@ def _resume(setup: Setup, state: TrainState) -> Start:
     if meta["config"]["train"]["epochs"] != epochs:  # --epochs changed on resume: a new length
         _report_schedule_change(saved, setup, state)
     else:
-        epochs, steps = _saved_epochs(meta), meta.get("facts", {}).get("steps", 0)
-    small = meta.get("facts", {}).get("small_epochs", setup.facts.small_epochs)
+        epochs, steps = _saved_epochs(meta), meta["facts"].get("steps", 0)
+    small = meta["facts"].get("small_epochs", setup.facts.small_epochs)
     facts = dataclasses.replace(setup.facts, epochs=epochs, steps=steps, small_epochs=small)
     setup = setup._replace(facts=facts)
     return Start(setup, state, progress, tuple(rows))
@@ -205,13 +206,11 @@ def _resume(setup: Setup, state: TrainState) -> Start:
 
 def _saved_epochs(meta: dict) -> int:
     """The schedule's length when the checkpoint was written."""
-    if "facts" in meta:
-        return meta["facts"]["epochs"]
-    return meta["config"]["train"]["epochs"]  # runs written before run.json kept the plan there
+    return meta["facts"]["epochs"]
 
 
 def _saved_steps(meta: dict, spe: int) -> int:
-    return meta.get("facts", {}).get("steps", 0) or _saved_epochs(meta) * spe
+    return meta["facts"].get("steps", 0) or _saved_epochs(meta) * spe
 
 
 def _fresh(setup: Setup, state: TrainState) -> Start:

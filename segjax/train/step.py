@@ -157,7 +157,8 @@ def eval_step(state: TrainState, batch: dict, *, loss_fn, mean, std) -> dict[str
     """Per-image loss, confusion counts and probabilities [B, H, W] on an unaugmented batch.
 
     The mask is `metrics.to_mask` of `apply.probabilities` at 0.5: the rule that evaluation and
-    the submission apply, so validation Dice here equals `evaluate.py`'s at 0.5.
+    the submission apply, so validation Dice here equals `segjax evaluate`'s at 0.5 at the
+    training size.
     """
     logits = apply.logits(state.apply_fn, state.eval_variables, batch["image"], mean, std)
     masks = batch["mask"].astype(jnp.float32)

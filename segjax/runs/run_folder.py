@@ -27,6 +27,7 @@ RUN_FILES = (
     "timing.jsonl",
     "checkpoints",
     "previews",
+    "tb",  # --log tensorboard
     "curves.png",
     "tuned.json",
     "submission.csv",
@@ -180,42 +181,18 @@ def write_run(run_dir: Path, config: Config, facts: RunFacts) -> None:
     write_text(run_dir / FACTS_FILE, json.dumps(facts.to_dict(), indent=2) + "\n")
 
 
-def has_facts(run_dir: Path) -> bool:
-    return (Path(run_dir) / FACTS_FILE).is_file() or (Path(run_dir) / CONFIG_FILE).is_file()
-
-
-# Runs written before run.json existed kept these facts in config.json (and the planned epochs
-# as its train.epochs).
-_FACTS_IN_CONFIG = {"data": ("mean", "std"), "model": ("encoder_source", "dtype")}
-
-
-def config_from_dict(raw: dict, origin: Path) -> tuple[Config, dict]:
-    """A Config from config.json's (or folds.json's) content, and the facts that a run from
-    before run.json kept in it; errors name `origin`."""
-    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    found = {}
-    for section, keys in _FACTS_IN_CONFIG.items():
-        for key in keys:
-            if key in raw.get(section, {}):
-                value = raw[section].pop(key)
-                found[key] = tuple(value) if isinstance(value, list) else value
-    return load_config(origin, raw), found
-
-
 def read_run(run_dir: str | os.PathLike) -> tuple[Config, RunFacts]:
-    """A run's settings and facts; a run folder from before run.json loads too."""
+    """A run's settings (config.json) and what it found (run.json); errors name the file."""
     run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
+    path, facts_path = run_dir / CONFIG_FILE, run_dir / FACTS_FILE
     if not path.is_file():
         raise UserError(f"{run_dir}: no config.json (not a segjax run folder); check --run-dir")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a segjax config ({err})") from err
-    config, found = config_from_dict(raw, path)
-    facts_path = run_dir / FACTS_FILE
     if not facts_path.is_file():
-        return config, RunFacts(**found, epochs=config.train.epochs)
+        raise UserError(
+            f"{run_dir}: no run.json, so segjax 0.1 wrote this run: convert it with "
+            f"python tools/migrate_run.py {run_dir}"
+        )
+    config = load_config(path)
     try:
         return config, RunFacts.from_dict(json.loads(facts_path.read_text()))
     except (OSError, ValueError, TypeError) as err:
@@ -234,7 +211,7 @@ def resume_config(run_dir: Path, given: dict[tuple[str, str], tuple[str, Any]]) 
     works); one that would change the model, data, split, loss or optimizer is an error.
     """
     if is_folds(run_dir):
-        config = config_from_dict(load_folds(run_dir)["config"], run_dir / FOLDS_FILE)[0]
+        config = load_config(run_dir / FOLDS_FILE, load_folds(run_dir)["config"])
     elif (run_dir / CONFIG_FILE).exists():
         config = read_run(run_dir)[0]
     else:
