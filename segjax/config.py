@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from segjax.errors import UserError
-from segjax.files import write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -500,20 +496,6 @@ def replace(config: Config, **sections: dict[str, Any]) -> Config:
     """`replace(config, train={"lr": 1e-4})`: a copy with some fields of some sections changed."""
     changes = {k: dataclasses.replace(getattr(config, k), **v) for k, v in sections.items()}
     return dataclasses.replace(config, **changes)
-
-
-def save_config(config: Config, path: str | os.PathLike) -> None:
-    """Write config.json atomically (temporary name, then rename)."""
-    write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
-
-
-def load_config(path: str | os.PathLike, raw: dict[str, Any] | None = None) -> Config:
-    """config.json (or `raw`, its content already read) as a Config; errors name the file."""
-    path = Path(path)
-    try:
-        return Config.from_dict(json.loads(path.read_text()) if raw is None else raw)
-    except (OSError, json.JSONDecodeError, ValueError, TypeError) as err:
-        raise UserError(f"{path}: not a segjax config ({err})") from err
 
 
 def show(value: Any) -> str:

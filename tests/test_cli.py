@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from segjax.cli import commands, flags
-from segjax.config import Config, flag_of, load_config, parse_size, save_config
+from segjax.config import Config, flag_of, parse_size
 from segjax.errors import UserError
 from segjax.runs import run_folder
 
@@ -165,7 +165,7 @@ def test_train_script_end_to_end_with_resume(demo_dir, tmp_path, monkeypatch, ca
     assert "the cosine schedule now spans 3 epochs" in second
     assert "epoch   3" in second and "epoch   1 " not in second
     assert (run_dir / "tuned.json").exists()
-    assert load_config(run_dir / "config.json").train.epochs == 3
+    assert run_folder.load_config(run_dir / "config.json").train.epochs == 3
     commands.run("submit", ["--no-progress"])
     assert "submission.csv: 9 rows" in capsys.readouterr().out
 
@@ -339,7 +339,7 @@ def test_bad_sizes_and_outputs_get_one_line_and_create_nothing(
     (tmp_path / "taken.txt").write_text("mine")
     (tmp_path / "in.png").write_bytes(b"")
     (tmp_path / "runs" / "done" / "checkpoints" / "1").mkdir(parents=True)  # a "trained" run
-    save_config(Config(), tmp_path / "runs" / "done" / "config.json")
+    run_folder.save_config(Config(), tmp_path / "runs" / "done" / "config.json")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     quiet = (
         ["--no-progress"] if "--no-progress" in commands.parser_of(command).format_help() else []

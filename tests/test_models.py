@@ -19,7 +19,7 @@ from segjax.models.builder import create_model
 from segjax.models.decoders import UNetDecoder
 from segjax.models.encoder_decoder import valid_input_length, valid_output_length
 from segjax.models.encoders import ScratchEncoder
-from segjax.models.layers import UpConv, max_pool_2x2
+from segjax.models.layers import BlockOptions, UpConv, max_pool_2x2
 from segjax.models.registry import ARCHS
 
 TINY = dict(encoder="scratch", features=4, depth=2, upsample="transpose")
@@ -69,8 +69,9 @@ class BareValidUNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train):
-        encoder = ScratchEncoder(features=4, depth=2, padding="VALID", name="encoder")
-        decoder = UNetDecoder(features=4, padding="VALID", name="decoder")
+        blocks = BlockOptions(features=4, padding="VALID")
+        encoder = ScratchEncoder(blocks=blocks, depth=2, name="encoder")
+        decoder = UNetDecoder(blocks=blocks, name="decoder")
         return decoder(encoder(x, train=train), train=train)
 
 

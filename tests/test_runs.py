@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from segjax.config import Config, RunFacts, replace, save_config
+from segjax.config import Config, RunFacts, replace
 from segjax.errors import UserError
 from segjax.runs import metrics_log, run_folder
 from tools.migrate_run import _migrate_config
@@ -92,7 +92,7 @@ def test_the_newest_run_is_the_newest_that_holds_a_checkpoint(tmp_path):
     trained = fake_run(tmp_path / "trained")
     untrained = tmp_path / "untrained"  # config.json only: stopped before its first epoch
     untrained.mkdir()
-    save_config(Config(), untrained / "config.json")
+    run_folder.save_config(Config(), untrained / "config.json")
     assert run_folder.newest_run(tmp_path) == trained
     shutil.rmtree(trained)
     with pytest.raises(

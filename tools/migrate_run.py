@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from segjax.config import RunFacts, load_config
+from segjax.config import RunFacts
 from segjax.models.builder import create_model
 from segjax.runs import checkpoint, run_folder
 
@@ -86,7 +86,7 @@ def _migrate_config(run_dir: Path) -> RunFacts:
             if key in raw.get(section, {}):
                 value = raw[section].pop(key)
                 found[key] = tuple(value) if isinstance(value, list) else value
-    config = load_config(path, raw)
+    config = run_folder.load_config(path, raw)
     facts = RunFacts(**found, epochs=config.train.epochs)
     run_folder.write_run(run_dir, config, facts)
     return facts

@@ -7,33 +7,30 @@ import flax.linen as nn
 from segjax.config import ModelConfig
 from segjax.errors import UserError
 from segjax.models.encoder_decoder import EncoderDecoder
-from segjax.models.layers import DTYPES
+from segjax.models.layers import DTYPES, BlockOptions
 from segjax.models.registry import ARCHS, ENCODERS
 
 
-def _blocks(config: ModelConfig) -> dict:
-    """What the scratch encoder's and every decoder's conv blocks take from the config."""
-    return dict(
+def _blocks(config: ModelConfig, dtype) -> BlockOptions:
+    """The one value the scratch encoder's and every decoder's conv blocks are built from."""
+    arch = ARCHS[config.arch]
+    return BlockOptions(
         features=config.features,
+        convs=4 if config.double_conv else 2,
+        padding="VALID" if arch.valid else "SAME",
         batch_norm=config.batch_norm,
         dropout=config.dropout,
         dropout_deep_only=config.dropout_deep_only,
-        convs=4 if config.double_conv else 2,
         activation=config.activation,
+        residual=arch.residual,
+        dtype=dtype,
     )
 
 
 def _encoder(config: ModelConfig, dtype) -> nn.Module:
-    entry, arch = ENCODERS[config.encoder], ARCHS[config.arch]
+    entry = ENCODERS[config.encoder]
     if entry.stride is None:  # the UNet's own contracting path: shaped by the model options
-        return entry.module(
-            **_blocks(config),
-            depth=config.depth,
-            padding="VALID" if arch.valid else "SAME",
-            residual=arch.residual,
-            dtype=dtype,
-            name="encoder",
-        )
+        return entry.module(blocks=_blocks(config, dtype), depth=config.depth, name="encoder")
     stages = {"frozen_stages": config.freeze_encoder_stages} if config.freeze_encoder_stages else {}
     return entry.module(
         bn_frozen=config.encoder_bn == "frozen", dtype=dtype, name="encoder", **stages
@@ -52,7 +49,7 @@ def create_model(config: ModelConfig, dtype: str = "float32") -> nn.Module:
     """The module of a model config, computing in `dtype` (parameters stay float32)."""
     check_model(config)
     arch = ARCHS[config.arch]
-    options = dict(**_blocks(config), upsample=config.upsample, dtype=DTYPES[dtype], name="decoder")
+    options = dict(blocks=_blocks(config, DTYPES[dtype]), upsample=config.upsample, name="decoder")
     if arch.deep_supervision:
         options["deep_supervision"] = config.deep_supervision
     decoder = arch.decoder(**options)

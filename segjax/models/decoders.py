@@ -13,41 +13,34 @@ import jax.numpy as jnp
 from segjax.models.layers import (
     UPSAMPLERS,
     AttentionGate,
+    BlockOptions,
     ConvBlock,
     center_crop,
-    level_block,
     param_dtype,
 )
 
 
-class DecoderOptions(nn.Module):
-    """Fields shared by the decoders: widths are `features * 2^level` at stride 2^level."""
+class Decoder(nn.Module):
+    """What the decoders share: their blocks' options and the upsampling."""
 
-    features: int = 32
-    batch_norm: bool = True
-    dropout: float = 0.0
-    dropout_deep_only: bool = False
-    convs: int = 2
-    activation: str = "relu"
+    blocks: BlockOptions = BlockOptions()
     upsample: str = "transpose"
-    residual: bool = False
-    padding: str = "SAME"
-    dtype: jnp.dtype = jnp.float32
 
     def block(self, level: int, levels: int, name: str) -> ConvBlock:
         """The conv block at `level` of a network with `levels` poolings."""
-        return level_block(self, level, levels, name)
+        return ConvBlock(self.blocks.at_level(level, levels), name=name)
 
     def up(self, level: int, name: str) -> nn.Module:
-        return UPSAMPLERS[self.upsample](self.features * 2**level, self.dtype, name=name)
+        b = self.blocks
+        return UPSAMPLERS[self.upsample](b.features * 2**level, b.dtype, name=name)
 
     def head(self, x: jax.Array, name: str = "head") -> jax.Array:
         """One float32 logit per pixel."""
-        pdtype = param_dtype(self.dtype)
+        pdtype = param_dtype(self.blocks.dtype)
         return nn.Conv(1, (1, 1), dtype=pdtype, param_dtype=pdtype, name=name)(x)
 
 
-class UNetDecoder(DecoderOptions):
+class UNetDecoder(Decoder):
     """From the deepest feature up: upsample, join the skip of that level, a conv block.
 
     Levels without a skip (a pretrained encoder has nothing at stride 1) upsample and convolve.
@@ -66,9 +59,9 @@ class UNetDecoder(DecoderOptions):
                 skip = center_crop(skip, x.shape[1], x.shape[2])
                 if self.attention:
                     gate = AttentionGate(
-                        self.features * 2 ** max(level - 1, 0),
-                        self.batch_norm,
-                        self.dtype,
+                        self.blocks.features * 2 ** max(level - 1, 0),
+                        self.blocks.batch_norm,
+                        self.blocks.dtype,
                         name=f"gate{level}",
                     )
                     skip = gate(x, skip, train=train)
@@ -77,7 +70,7 @@ class UNetDecoder(DecoderOptions):
         return self.head(x)
 
 
-class NestedDecoder(DecoderOptions):
+class NestedDecoder(Decoder):
     """UNet++ (Zhou et al. 2018): node X[i][j] (level i, column j) sees X[i][0..j-1] and the
     upsampled X[i+1][j-1]; column 0 is the encoder's features.
 

@@ -62,7 +62,7 @@ class EncoderDecoder(nn.Module):
         h, w = x_BxHxWxC.shape[1:3]
         x = x_BxHxWxC.astype(self.encoder.dtype)
         if self.overlap_tile:
-            depth, convs = self.encoder.depth, self.encoder.convs
+            depth, convs = self.encoder.depth, self.encoder.blocks.convs
             x = mirror_pad(x, *(valid_input_length(n, depth, convs) for n in (h, w)))
             return center_crop(self.decoder(self.encoder(x, train=train), train=train), h, w)
         x, (top, left) = pad_to_multiple(x, self.encoder.stride)

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.layers import (
+    BlockOptions,
     ConvBlock,
     DepthwiseConv,
     GroupedConv,
-    level_block,
     max_pool_2x2,
     param_dtype,
 )
@@ -32,24 +32,21 @@ class ScratchEncoder(nn.Module):
     Returns depth + 1 features at strides 1 .. 2^depth (the last is the bottleneck).
     """
 
-    features: int = 32
+    blocks: BlockOptions = BlockOptions()
     depth: int = 4
-    padding: str = "SAME"
-    batch_norm: bool = True
-    dropout: float = 0.0
-    dropout_deep_only: bool = False
-    convs: int = 2
-    activation: str = "relu"
-    residual: bool = False
-    dtype: jnp.dtype = jnp.float32
 
     @property
     def stride(self) -> int:
         return 2**self.depth
 
+    @property
+    def dtype(self):
+        """The compute dtype, as the pretrained encoders have it."""
+        return self.blocks.dtype
+
     def block(self, level: int, name: str) -> ConvBlock:
         """The conv block of `level` (depth = bottleneck)."""
-        return level_block(self, level, self.depth, name)
+        return ConvBlock(self.blocks.at_level(level, self.depth), name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array | None]:

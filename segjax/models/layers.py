@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -95,63 +97,64 @@ class ResizeUp(nn.Module):
         return jax.image.resize(y, (b, 2 * h, 2 * w, c), "bilinear").astype(self.dtype)
 
 
-class ConvBlock(nn.Module):
-    """`convs` 3x3 convolutions, each + BatchNorm + activation; optional residual; dropout last."""
+@dataclasses.dataclass(frozen=True)
+class BlockOptions:
+    """The conv blocks' options: one value, passed whole to the scratch encoder, to every
+    decoder and to each `ConvBlock`. Widths are `features * 2^level` at stride 2^level."""
 
-    features: int
-    convs: int = 2
-    padding: str = "SAME"
+    features: int = 32
+    convs: int = 2  # 3x3 convolutions per block (4: --double-conv)
+    padding: str = "SAME"  # VALID: the 2015 paper's valid convolutions
     batch_norm: bool = True
     dropout: float = 0.0
+    dropout_deep_only: bool = False  # dropout only in the two deepest levels
     activation: str = "relu"
     residual: bool = False
-    dtype: jnp.dtype = jnp.float32
+    dtype: Any = jnp.float32  # the compute dtype; parameters stay float32 (`param_dtype`)
+
+    def at_level(self, level: int, levels: int) -> BlockOptions:
+        """The options of the block at `level` of a network with `levels` poolings."""
+        deep = level >= levels - 1 or not self.dropout_deep_only
+        return dataclasses.replace(
+            self, features=self.features * 2**level, dropout=self.dropout if deep else 0.0
+        )
+
+
+class ConvBlock(nn.Module):
+    """`convs` 3x3 convolutions of `features` channels, each + BatchNorm + activation; optional
+    residual; dropout last."""
+
+    options: BlockOptions
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        act = ACTIVATIONS[self.activation]
-        pdtype = param_dtype(self.dtype)
-        conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=pdtype)
+        o = self.options
+        act = ACTIVATIONS[o.activation]
+        pdtype = param_dtype(o.dtype)
+        conv = functools.partial(nn.Conv, dtype=o.dtype, param_dtype=pdtype)
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train,
             momentum=0.9,
-            dtype=self.dtype,
+            dtype=o.dtype,
             param_dtype=pdtype,
         )
         shortcut = x
-        for i in range(self.convs):
-            x = conv(self.features, (3, 3), padding=self.padding, use_bias=not self.batch_norm)(x)
-            if self.batch_norm:
+        for i in range(o.convs):
+            x = conv(o.features, (3, 3), padding=o.padding, use_bias=not o.batch_norm)(x)
+            if o.batch_norm:
                 x = norm()(x)
-            if not (self.residual and i == self.convs - 1):
+            if not (o.residual and i == o.convs - 1):
                 x = act(x)
-        if self.residual:
-            if shortcut.shape[-1] != self.features:
-                shortcut = conv(self.features, (1, 1), use_bias=not self.batch_norm)(shortcut)
-                if self.batch_norm:
+        if o.residual:
+            if shortcut.shape[-1] != o.features:
+                shortcut = conv(o.features, (1, 1), use_bias=not o.batch_norm)(shortcut)
+                if o.batch_norm:
                     shortcut = norm()(shortcut)
             x = act(x + center_crop(shortcut, x.shape[1], x.shape[2]))
-        if self.dropout > 0:
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        if o.dropout > 0:
+            x = nn.Dropout(o.dropout, deterministic=not train)(x)
         return x
-
-
-def level_block(owner: nn.Module, level: int, levels: int, name: str) -> ConvBlock:
-    """The conv block at `level` of a network with `levels` poolings, with `owner`'s options
-    (an encoder's or a decoder's); deep-only dropout covers the two deepest levels."""
-    deep = level >= levels - 1 or not owner.dropout_deep_only
-    return ConvBlock(
-        owner.features * 2**level,
-        owner.convs,
-        owner.padding,
-        owner.batch_norm,
-        owner.dropout if deep else 0.0,
-        owner.activation,
-        owner.residual,
-        owner.dtype,
-        name=name,
-    )
 
 
 class AttentionGate(nn.Module):

@@ -127,11 +127,9 @@ class Arch:
 
 ARCHS = {
     "unet": Arch(UNetDecoder),
-    "unet-valid": Arch(
-        functools.partial(UNetDecoder, padding="VALID"), scratch_only=True, valid=True
-    ),
+    "unet-valid": Arch(UNetDecoder, scratch_only=True, valid=True),
     "attn": Arch(functools.partial(UNetDecoder, attention=True)),
-    "resunet": Arch(functools.partial(UNetDecoder, residual=True), residual=True),
+    "resunet": Arch(UNetDecoder, residual=True),
     "unetpp": Arch(NestedDecoder, scratch_only=True, deep_supervision=True),
 }
 

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from segjax.config import Config, RunFacts, check, load_config, save_config, show
+from segjax.config import Config, RunFacts, check, show
 from segjax.errors import UserError
 from segjax.files import write_text
 
@@ -173,6 +173,20 @@ def claim(folder: Path, *, resume: bool, overwrite: bool, folds: bool = False) -
         )
     if folds and (folder / CONFIG_FILE).exists():
         raise UserError(f"{folder} holds a single run: choose another --name for k-fold runs")
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Write config.json atomically (temporary name, then rename)."""
+    write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def load_config(path: str | os.PathLike, raw: dict[str, Any] | None = None) -> Config:
+    """config.json (or `raw`, its content already read) as a Config; errors name the file."""
+    path = Path(path)
+    try:
+        return Config.from_dict(json.loads(path.read_text()) if raw is None else raw)
+    except (OSError, json.JSONDecodeError, ValueError, TypeError) as err:
+        raise UserError(f"{path}: not a segjax config ({err})") from err
 
 
 def write_run(run_dir: Path, config: Config, facts: RunFacts) -> None:
