@@ -1,8 +1,11 @@
 """Per-layer truth: each convolution of a model alone, forward, input gradient and weight
 gradient, in each of segjax's forms and in PyTorch, on the shapes the model sees.
 
-    python scripts/benchmark.py --layers                       # the default model, 192x128, batch 8
-    python scripts/benchmark.py --layers --json layers.jsonl   # also one JSON line per row
+    python scripts/benchmark.py --layers --arch unet --encoder efficientnet-lite0 --features 16 \
+        --upsample nearest --image-size 192x128 --batch-size 8   # the default model
+    ... --json layers.jsonl                                      # also one JSON line per row
+
+(without the model flags: the benchmark's own default, the scratch UNet at 256x256)
 
 The layers are read from the model itself (`flax.linen.intercept_methods` on a shape-only
 init), grouped by kind (depthwise k x k, dense 1x1, dense k x k), stride and shape. Each form

@@ -49,6 +49,8 @@ TOOLS = {
 }
 SKIPPED = {  # command -> why it is not parsed
     "tools/cli_reference.py": "no command line: it rewrites docs/cli.md",
+    "benchmarks.pytorch_peer": "imports torch first (its budget counts the import); "
+    "benchmarks.compare_peer, which is parsed, runs it with these flags",
 }
 
 
@@ -387,7 +389,8 @@ FIGURE = re.compile(
 
 def test_measured_figures_live_in_results_md_only():
     """A hand-written page other than docs/results.md links to a figure instead of repeating
-    it (flag values in code, like `--ema 0.995`, are settings, not figures)."""
+    it (flag values in code, like `--ema 0.995`, are settings, not figures); the README keeps
+    one headline row, on the line that links to its measurement."""
     strays = []
     for page in [p for p in PAGES if p.name not in GENERATED | {"results.md"}]:
         in_fence = False
@@ -396,6 +399,8 @@ def test_measured_figures_live_in_results_md_only():
                 in_fence = not in_fence
             if in_fence:
                 continue
+            if page.name == "README.md" and "docs/results.md#" in line:
+                continue  # the README's one headline row, which links to where it was measured
             prose = SPAN.sub("", line)
             strays += [f"{page.name}:{number}: {m.group(0)}" for m in FIGURE.finditer(prose)]
     assert not strays, "figures outside docs/results.md:\n" + "\n".join(strays)

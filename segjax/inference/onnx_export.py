@@ -94,15 +94,25 @@ def export_onnx(
     variables = jax.device_get(loaded.variables)
     model = create_model(config.model, facts.dtype)
 
-    def probabilities(images_u8: jax.Array) -> jax.Array:
+    def probabilities(images_u8: jax.Array) -> jax.Array:  # what segjax predicts with
         return apply.predict_probs(
             variables, images_u8, apply_fn=model.apply, mean=facts.mean, std=facts.std, tta=tta
         )
 
+    def exported(images_u8: jax.Array) -> jax.Array:
+        """The same probabilities; with TTA the images and their mirrors go through the
+        network as one batch, so that the file holds the weights once."""
+        if not tta:
+            return probabilities(images_u8)
+        both = jnp.concatenate([images_u8, images_u8[:, :, ::-1]], axis=0)
+        probs = apply.probabilities(model.apply, variables, both, facts.mean, facts.std)
+        plain, mirrored = probs.reshape(2, *images_u8.shape[:3])  # a symbolic batch splits so
+        return 0.5 * (plain + mirrored[:, :, ::-1])
+
     h, w = config.data.image_size
     channels = config.data.channels
     size = batch if batch else jax.export.symbolic_shape("batch")[0]
-    proto = _convert(probabilities, jax.ShapeDtypeStruct((size, h, w, channels), jnp.uint8))
+    proto = _convert(exported, jax.ShapeDtypeStruct((size, h, w, channels), jnp.uint8))
     write_bytes(out, proto.SerializeToString())
     error = check_against_segjax(out, probabilities, (batch or 2, h, w, channels))
     record = {
@@ -151,6 +161,7 @@ def session(path: str | os.PathLike):
         raise UserError("running ONNX models needs onnxruntime: pip install onnxruntime") from None
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # its shape-merge notes are not the user's concern
+    options.enable_cpu_mem_arena = False  # batches of one size: its arena only grew the RSS
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
