@@ -30,7 +30,7 @@ from segjax.models import apply, layers
 from segjax.models.builder import create_model
 from segjax.models.registry import ARCHS, ENCODERS
 
-OPSET = 17  # onnxruntime and onnxruntime-web both run it
+OPSET = 18  # onnxruntime and onnxruntime-web run it; jax2onnx writes ReduceMean as 18 has it
 # How far onnxruntime's probabilities may be from segjax's: float32 sums in another order
 # through up to ~60 convolutions move a probability by a few 1e-6 (seen: 1.2e-7 on the scratch
 # UNet, up to 3e-6 on the pretrained encoders); a wrong layer or weight moves it by 1e-2.
