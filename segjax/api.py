@@ -70,6 +70,17 @@ def _folder(run: Run | str | os.PathLike) -> Path:
     return run.run_dir if isinstance(run, Run) else Path(run)
 
 
+def _inference_options(options: dict[str, Any]) -> InferenceOptions:
+    """The keyword options of submit, evaluate and predict; a wrong name is a UserError."""
+    known = {f.name for f in dataclasses.fields(InferenceOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(
+            f"unknown option {', '.join(unknown)}; choose from {', '.join(sorted(known))}"
+        )
+    return InferenceOptions(**options)
+
+
 def train(
     config: Config,
     run_dir: str | os.PathLike | None = None,
@@ -123,7 +134,7 @@ def submit(
     run's data) to `out` (default <run>/submission.csv). `options`: those of `segjax submit`
     (tta, threshold, postprocess, checkpoint, batch_size, progress)."""
     runtime.prepare_library()
-    settings = InferenceOptions(**options)
+    settings = _inference_options(options)
     return submission.make_submission(
         _folder(run), settings, data_dir=data_dir, out=out, order=order
     )
@@ -136,7 +147,7 @@ def evaluate(run: Run | str | os.PathLike, split: str = "val", **options: Any):
     runtime.prepare_library()
     if split not in ("val", "test"):
         raise UserError(f"split {split!r}: val or test")
-    report = analysis.evaluate_run(_folder(run), InferenceOptions(**options), split=split)
+    report = analysis.evaluate_run(_folder(run), _inference_options(options), split=split)
     return report["per_image"]
 
 
@@ -144,4 +155,4 @@ def predict(run: Run | str | os.PathLike, images: Sequence, **options: Any) -> l
     """The masks (uint8 0/1, each at its image's original size) of image files, PIL images or
     uint8 arrays, with the run's tuned threshold, TTA and post-processing."""
     runtime.prepare_library()
-    return masks.predict_masks(_folder(run), list(images), InferenceOptions(**options))
+    return masks.predict_masks(_folder(run), list(images), _inference_options(options))

@@ -50,6 +50,8 @@ def test_a_mistake_raises_and_never_exits(tmp_path):
         from segjax.inference.masks import _as_image
 
         _as_image(object(), grayscale=False)
+    with pytest.raises(UserError, match="unknown option threshhold; choose from .*threshold"):
+        segjax.predict(tmp_path, [], threshhold=0.4)  # named before the folder is read
 
 
 @pytest.mark.slow
