@@ -237,7 +237,7 @@ def bench_loop(config: Config, steps: int = 30, repeats: int = 2) -> dict[str, f
     def loop_pass(state, epoch: int):
         t = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):  # the progress bar is drawn, not shown
-            state = loop.train_epoch(setup, state, Progress(epoch=epoch), key, True).state
+            state, _, _ = loop.train_epoch(setup, state, Progress(epoch=epoch), key, True)
         jax.block_until_ready(state.params)
         return state, steps / (time.perf_counter() - t)
 

@@ -72,13 +72,12 @@ def test_a_plan_that_would_end_in_the_smaller_phase_ends_that_phase_sooner(tiny_
 
     config = replace(tiny_config, train={"epochs": 20, "small_size": (16, 16)})
     facts = RunFacts(epochs=10, steps=100, small_epochs=4)
-    setup = start.Setup(config, facts, None, None, 10, None, None, None, False)
     timing = budget.Timing(1.0, 1.0, 0.0, 0.0, small_step_s=0.5)
-    plan = budget.Budget(deadline=10.0, epoch_s=0.0, reserve_s=0.0, clock=lambda: 0.0)
-    runner = loop.Loop(setup, None, plan, None, False, lambda: 0.0)
-    runner, state, stop = runner.replan(State(jnp.int32(100)), timing, at=20)
+    plan = budget.Budget(deadline=10.0, reserve_s=0.0, clock=lambda: 0.0, timing=timing)
+    setup = start.Setup(config, facts, None, None, 10, None, None, None, False, budget=plan)
+    setup, state, stop = loop.replan(setup, State(jnp.int32(100)), at=20)
     assert not stop
-    got = runner.setup.facts
+    got = setup.facts
     assert (got.epochs, got.steps, got.small_epochs) == (4, 32, 3)
     assert int(state.schedule_steps) == 32
 

@@ -38,14 +38,14 @@ ENSEMBLE_RESERVE = 0.05
 
 
 class Budget(NamedTuple):
-    """A time budget: a deadline on `clock`, one epoch's estimate, what must still fit after
-    the epochs (the tuning), and the first timing."""
+    """A time budget: a deadline on `clock`, what must still fit after the epochs (the
+    tuning), and the times the plan is made from."""
 
     deadline: float
-    epoch_s: float
     reserve_s: float
     clock: Any
-    timing: Any = None  # Timing: measured before the first step
+    timing: Any = None  # Timing: measured before the first step, then each epoch's own
+    first_overhead_s: float = 0.0  # the closing measured before the first step: a floor
 
 
 class SessionLimit(NamedTuple):
@@ -157,8 +157,10 @@ def describe_plan(steps: int, spe: int) -> str:
     return f"{epochs} epochs" + (f" (the last {cut} of {spe} batches)" if cut else "")
 
 
-def describe_timing(timing: Timing, setup: Setup) -> str:
-    """ "0.90 s a step, 3.1 s to close an epoch", with the smaller size's step when it has one."""
+def describe_timing(setup: Setup) -> str:
+    """The budget's latest times: "0.90 s a step, 3.1 s to close an epoch", with the smaller
+    size's step when it has one."""
+    timing = setup.budget.timing
     steps = f"{timing.step_s:.2f} s a step"
     if timing.small_step_s and setup.facts.small_epochs:
         (h, w), (H, W) = setup.config.train.small_size, setup.config.data.image_size
@@ -166,16 +168,18 @@ def describe_timing(timing: Timing, setup: Setup) -> str:
     return f"{steps}, {timing.overhead_s:.1f} s to close an epoch"
 
 
-def plan(setup: Setup, state, at: int, minutes: float | None, started: float, clock):
-    """With a budget: time the steps on a throwaway copy of the state (compiling what training
-    uses anyway), plan the steps that fit from step `at` (at least to the end of the current
-    epoch), say so. Returns the setup with the plan in its facts, and the budget (None
-    without one)."""
+def plan(setup: Setup, state, at: int, options, started: float, clock) -> Setup:
+    """The setup with the options' session limit and time budget (minutes from `started` on
+    `clock`). With a budget: time the steps on a throwaway copy of the state (compiling what
+    training uses anyway), plan the steps that fit from step `at` (at least to the end of the
+    current epoch) into the facts, say so."""
+    setup = setup._replace(session=session(options.session_limit, started, clock))
+    minutes = options.time_budget
     if not minutes:
-        return setup, None
+        return setup
     tc, spe = setup.config.train, setup.steps_per_epoch
     if at >= setup.schedule_steps:  # a finished run (resumed to tune it again): nothing to plan
-        return setup, None
+        return setup
     timing = measure(setup, state, clock)
     # tuning, and 3% of the budget for the estimates' errors (an epoch's time varies) and what
     # runs before the clock starts (the interpreter)
@@ -201,8 +205,19 @@ def plan(setup: Setup, state, at: int, minutes: float | None, started: float, cl
         "kept for tuning); re-planned after each epoch from its own times",
         flush=True,
     )
-    budget = Budget(deadline, timing.epoch_s(spe), reserve_s, clock, timing)
-    return with_plan(setup, steps, small_epochs), budget
+    budget = Budget(deadline, reserve_s, clock, timing, timing.overhead_s)
+    return with_plan(setup, steps, small_epochs)._replace(budget=budget)
+
+
+def timed(setup: Setup, step_s: float, small: bool, closed_s: float | None) -> Setup:
+    """The budget with an epoch's own times: its step time replaces its phase's estimate;
+    `closed_s`, how long the previous epoch took to close, replaces that estimate (never below
+    the first, which drew a preview)."""
+    budget = setup.budget
+    timing = budget.timing._replace(**{"small_step_s" if small else "step_s": step_s})
+    if closed_s is not None:
+        timing = timing._replace(overhead_s=max(closed_s, budget.first_overhead_s))
+    return setup._replace(budget=budget._replace(timing=timing))
 
 
 class Plan(NamedTuple):
@@ -213,11 +228,13 @@ class Plan(NamedTuple):
     stop: bool  # stop after the epoch just closed: the next would not end in time
 
 
-def replan(budget: Budget, timing: Timing, at: int, setup: Setup) -> Plan:
+def replan(setup: Setup, at: int) -> Plan:
     """After an epoch whose validation and checkpoint are still to come (`at`: its last step):
-    the plan from the latest times and the clock now. A plan that would end in the smaller
-    phase of progressive resizing ends that phase sooner (leaving an epoch at full size)."""
-    spe, small = setup.steps_per_epoch, setup.facts.small_epochs
+    the plan from the budget's latest times and the clock now. A plan that would end in the
+    smaller phase of progressive resizing ends that phase sooner (leaving an epoch at full
+    size)."""
+    budget, spe, small = setup.budget, setup.steps_per_epoch, setup.facts.small_epochs
+    timing = budget.timing
     most = setup.config.train.epochs * spe
     # this epoch's closing (validation, drawing, checkpoint) is still to come
     available = budget.deadline - budget.clock() - budget.reserve_s - timing.overhead_s
@@ -232,7 +249,7 @@ def replan(budget: Budget, timing: Timing, at: int, setup: Setup) -> Plan:
 
 def measure(setup: Setup, state, clock, timed_steps: int = 4) -> Timing:
     """Time the train step, a validation and an epoch's drawing; the steps are compiled
-    already (`setup.startup` says how long the evaluation step's compilation took)."""
+    already (`setup.startup["eval_compile"]` says how long the evaluation step's took)."""
     probe = jax.tree.map(jnp.copy, state)  # the train step donates its state
     idx = setup.splits.train[: setup.config.train.batch_size]
     batch = parallel.gather_batch(validate.labelled(setup.splits.arrays), idx, setup.mesh)
@@ -264,4 +281,4 @@ def measure(setup: Setup, state, clock, timed_steps: int = 4) -> Timing:
         validate.draw(setup.splits, probs, rows, Path(scratch), 0)
         draw_s = clock() - tic
     overhead_s = val_s + draw_s + CHECKPOINT_S
-    return Timing(step_s, overhead_s, val_s, setup.startup.eval_compile_s, small_s)
+    return Timing(step_s, overhead_s, val_s, setup.startup["eval_compile"], small_s)

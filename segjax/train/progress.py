@@ -17,19 +17,32 @@ class Progress:
     best_dice: float = -1.0  # the best validation mean Dice so far
     best_epoch: int = 0  # the epoch (1-based) that reached it
     bad_epochs: int = 0  # epochs since it (early stopping)
-    partial_losses: tuple[float, ...] = ()  # a stopped epoch's step losses so far
+    partial_losses: tuple[float, ...] = ()  # the step losses of epoch `epoch` so far
+    rows: tuple[dict, ...] = ()  # the finished epochs' metrics rows (metrics.jsonl keeps them)
 
-    def after_epoch(self, dice: float) -> Progress:
-        """The progress once epoch `self.epoch` has finished with validation mean Dice `dice`."""
-        epoch = self.epoch + 1
+    def after_steps(self, batch: int, losses) -> Progress:
+        """The progress once the current epoch has reached batch `batch` with these more step
+        losses."""
+        return dataclasses.replace(
+            self, batch=batch, partial_losses=(*self.partial_losses, *losses)
+        )
+
+    def after_epoch(self, row: dict) -> Progress:
+        """The progress once epoch `self.epoch` has finished with metrics row `row` (its
+        validation mean Dice decides the best epoch)."""
+        epoch, dice = self.epoch + 1, row["val_mean_dice"]
         if dice > self.best_dice:
             better = dict(best_dice=dice, best_epoch=epoch, bad_epochs=0)
         else:
             better = dict(bad_epochs=self.bad_epochs + 1)
-        return dataclasses.replace(self, epoch=epoch, batch=0, partial_losses=(), **better)
+        rows = (*self.rows, row)
+        return dataclasses.replace(
+            self, epoch=epoch, batch=0, partial_losses=(), rows=rows, **better
+        )
 
     def to_meta(self) -> dict[str, Any]:
-        """The checkpoint's JSON record (`position` is [epoch, batch], as the data order reads)."""
+        """The checkpoint's JSON record (`position` is [epoch, batch], as the data order reads;
+        the rows are metrics.jsonl's)."""
         meta = {
             "epoch": self.epoch,
             "position": [self.epoch, self.batch],
@@ -42,9 +55,10 @@ class Progress:
         return meta
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> Progress:
+    def from_meta(cls, meta: dict[str, Any], rows: tuple[dict, ...] = ()) -> Progress:
         epoch, batch = meta["position"]
         return cls(
+            rows=rows,
             epoch=epoch,
             batch=batch,
             best_dice=meta["best_dice"],
@@ -71,8 +85,12 @@ class Ended(enum.Enum):
 
 
 class Fit(NamedTuple):
-    """What `fit` returns: why it ended, where the run stands, and its last metrics row."""
+    """What `fit` returns: why it ended and where the run stands."""
 
     ended: Ended
     progress: Progress
-    row: dict  # the last finished epoch's metrics ({} when none finished)
+
+    @property
+    def row(self) -> dict:
+        """The last finished epoch's metrics ({} when none finished)."""
+        return self.progress.rows[-1] if self.progress.rows else {}

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jax
@@ -33,14 +35,6 @@ from segjax.train.step import (
 )
 
 
-class Startup(NamedTuple):
-    """Where the time before the first step went (seconds)."""
-
-    decode_s: float = 0.0  # reading and decoding the images (or their cache)
-    compile_s: float = 0.0  # the steps compiled, meanwhile the model's init and its weights
-    eval_compile_s: float = 0.0  # of which the evaluation step's (tuning compiles two like it)
-
-
 class Setup(NamedTuple):
     """What one `fit` call works with, besides the train state and its progress."""
 
@@ -53,7 +47,12 @@ class Setup(NamedTuple):
     mesh: Any
     manager: Any  # the Orbax CheckpointManager of run_dir/checkpoints
     lead: bool  # process 0: writes the run folder's files
-    startup: Startup = Startup()  # where the time before the first step went
+    # where the time before the first step went, in seconds: "decode" (the images or their
+    # cache), "compile" (the steps; meanwhile the model's init and its weights), "eval_compile"
+    # (of which the evaluation step's: tuning compiles two like it)
+    startup: Mapping[str, float] = MappingProxyType({})
+    budget: Any = None  # --time-budget: a `segjax.train.budget.Budget` (the plan is in facts)
+    session: Any = None  # --session-limit: a `segjax.train.budget.SessionLimit`
 
     @property
     def epochs(self) -> int:
@@ -67,13 +66,6 @@ class Setup(NamedTuple):
 
 
 Extra = tuple[Arrays, str] | None  # more training images, and their record for run.json
-
-
-class Start(NamedTuple):
-    setup: Setup
-    state: TrainState
-    progress: Progress
-    rows: tuple[dict, ...]  # metrics rows of the finished epochs
 
 
 def check_image_size(config: Config) -> None:
@@ -114,11 +106,12 @@ def initial_facts(config: Config, splits: sources.Splits) -> RunFacts:
 
 def start(
     config: Config, run_dir: Path, *, resume: bool, overwrite: bool, extra: Extra = None
-) -> Start:
+) -> tuple[Setup, TrainState, Progress]:
     """Check, claim the folder, decode and split the data, jit the steps, then start fresh or
-    from the newest readable checkpoint (`resume`). A new run's folder is created last, once
-    everything it needs has been read. `extra`: more training images (pseudo-labels) and
-    their record for run.json; a resume must be given the same ones."""
+    from the newest readable checkpoint (`resume`): the setup, the state and where the run
+    stands. A new run's folder is created last, once everything it needs has been read.
+    `extra`: more training images (pseudo-labels) and their record for run.json; a resume must
+    be given the same ones."""
     check(config)
     tc = config.train
     parallel.check_batch_size(tc.batch_size)
@@ -155,14 +148,19 @@ def start(
         setup = Setup(config, facts, run_dir, splits, spe, steps, mesh, None, lead)
         begun = _resume(_with_manager(setup), state) if resuming else _fresh(setup, state)
         seconds = {name: done.result() for name, done in compiling.items()}
-    startup = Startup(decoded - began, time.perf_counter() - decoded, seconds["eval"])
-    begun = begun._replace(setup=begun.setup._replace(startup=startup))
+    setup, state, progress = begun
+    startup = {
+        "decode": decoded - began,
+        "compile": time.perf_counter() - decoded,
+        "eval_compile": seconds["eval"],
+    }
+    setup = setup._replace(startup=MappingProxyType(startup))
     if resuming:
-        return begun
-    begun = begun._replace(setup=_with_manager(begun.setup))
+        return setup, state, progress
+    setup = _with_manager(setup)
     if extra is not None and lead:  # kept, so that a resume trains on these very labels
         decode.save_arrays(run_dir / run_folder.PSEUDO_FILE, extra[0])
-    return begun
+    return setup, state, progress
 
 
 def _with_extra(splits, facts: RunFacts, extra: Extra, resuming: bool, run_dir: Path):
@@ -184,14 +182,15 @@ def _with_manager(setup: Setup) -> Setup:
     return setup._replace(manager=checkpoint.create_manager(folder))
 
 
-def _resume(setup: Setup, state: TrainState) -> Start:
-    """The newest readable checkpoint: state, progress and the metrics rows it covers."""
+def _resume(setup: Setup, state: TrainState) -> tuple[Setup, TrainState, Progress]:
+    """The newest readable checkpoint: state, and progress with the metrics rows it covers."""
     state, meta, step, skipped = checkpoint.restore_newest_readable(setup.manager, state)
     for reason in skipped:
         print(f"warning: {reason}; resuming from epoch {step}", flush=True)
-    progress = Progress.from_meta(meta)
     metrics_path = setup.run_dir / "metrics.jsonl"
-    rows = metrics_log.trim_metrics(metrics_path, progress.epoch) if setup.lead else []
+    epoch = meta["position"][0]
+    rows = metrics_log.trim_metrics(metrics_path, epoch) if setup.lead else []
+    progress = Progress.from_meta(meta, tuple(rows))
     epochs, steps = setup.config.train.epochs, 0
     saved = _saved_steps(meta, setup.steps_per_epoch)
     if meta["config"]["train"]["epochs"] != epochs:  # --epochs changed on resume: a new length
@@ -200,8 +199,7 @@ def _resume(setup: Setup, state: TrainState) -> Start:
         epochs, steps = _saved_epochs(meta), meta["facts"].get("steps", 0)
     small = meta["facts"].get("small_epochs", setup.facts.small_epochs)
     facts = dataclasses.replace(setup.facts, epochs=epochs, steps=steps, small_epochs=small)
-    setup = setup._replace(facts=facts)
-    return Start(setup, state, progress, tuple(rows))
+    return setup._replace(facts=facts), state, progress
 
 
 def _saved_epochs(meta: dict) -> int:
@@ -213,7 +211,7 @@ def _saved_steps(meta: dict, spe: int) -> int:
     return meta["facts"].get("steps", 0) or _saved_epochs(meta) * spe
 
 
-def _fresh(setup: Setup, state: TrainState) -> Start:
+def _fresh(setup: Setup, state: TrainState) -> tuple[Setup, TrainState, Progress]:
     """Pretrained encoder weights or another run's (`--init-from`), and no metrics yet."""
     state, source = load_pretrained(state, setup.config, setup.mesh)
     if source:
@@ -225,7 +223,7 @@ def _fresh(setup: Setup, state: TrainState) -> Start:
         state = state.replace(ema=jax.tree.map(jnp.copy, weights))  # copies: see create_train_state
     if setup.lead:
         (setup.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    return Start(setup, state, Progress(), ())
+    return setup, state, Progress()
 
 
 def load_pretrained(state: TrainState, config: Config, mesh) -> tuple[TrainState, str]:
