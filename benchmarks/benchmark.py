@@ -397,7 +397,7 @@ def benchmark_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """scripts/benchmark.py (which sets XLA's flags and huge pages before JAX starts)."""
     args = benchmark_parser().parse_args(argv)
-    from segjax.config import parse_size
+    from segjax.fields import parse_size
 
     benchmark = sys.modules[__name__]
 

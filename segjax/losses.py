@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from segjax.config import TrainConfig, register
+from segjax.config import TrainConfig
+from segjax.fields import register
 
 SMOOTH = 1.0  # added to the numerator and denominator of Dice/Tversky: empty vs empty = no loss
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from segjax.cli import commands, flags
-from segjax.config import Config, flag_of, parse_size
+from segjax.config import Config
 from segjax.errors import UserError
+from segjax.fields import flag_of, parse_size
 from segjax.runs import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "segjax"
 LAYERS = (
     (
         "shared",
-        ("compat", "config", "errors", "files", "losses", "metrics", "parallel", "runtime", "viz"),
+        (
+            "compat",
+            "config",
+            "errors",
+            "fields",
+            "files",
+            "losses",
+            "metrics",
+            "parallel",
+            "runtime",
+            "viz",
+        ),
         0,
     ),
     ("data", ("data",), 1),

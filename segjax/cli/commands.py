@@ -4,91 +4,17 @@ library call. No JAX import at module level (the process is set up first)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import sys
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 from segjax import runtime
-from segjax.cli import flags
+from segjax.cli import common, flags
 from segjax.config import InferenceOptions, RunOptions
 from segjax.errors import UserError
 from segjax.files import check_output_file, check_output_folder
-
-
-class Command(NamedTuple):
-    help: str  # one line for `segjax --help`
-    description: str  # the command's --help
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int | None]  # returns the exit status (None: 0)
-    hugepages: bool = False  # restart with glibc huge pages first (long CPU work)
-
-
-@contextlib.contextmanager
-def user_errors():
-    """A user's mistake (UserError) exits with status 2 and one line; other errors keep their
-    traceback. Data warnings print as one line too."""
-    previous = warnings.showwarning
-    warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
-    try:
-        yield
-    except UserError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        warnings.showwarning = previous
-
-
-def _process_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("process")
-    group.add_argument(
-        "--default-xla-flags", action="store_true", help="do not set segjax's XLA:CPU speed flags"
-    )
-
-
-def _distributed_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("several hosts")
-    group.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (run the command on every host)",
-    )
-    group.add_argument(
-        "--coordinator",
-        help="host:port of process 0 (default: auto-detected on "
-        "Cloud TPU, SLURM, Open MPI; or $JAX_COORDINATOR_ADDRESS)",
-    )
-    group.add_argument("--num-processes", type=int, help="number of processes (default: detected)")
-    group.add_argument("--process-id", type=int, help="this process's index (default: detected)")
-
-
-def _initialize_distributed(args: argparse.Namespace) -> None:
-    if not getattr(args, "distributed", False):
-        return
-    import jax
-
-    # CPU-only hosts need a collectives backend across processes; GPUs and TPUs ignore it.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-
-
-def _runs_flag(parser: argparse.ArgumentParser, several: bool) -> None:
-    if several:
-        parser.add_argument(
-            "--run-dir",
-            nargs="+",
-            metavar="RUN",
-            help="a run folder, a k-fold folder (train --fold all) or several runs, whose "
-            "probabilities are averaged (default: the newest run or k-fold folder under runs/)",
-        )
-    else:
-        parser.add_argument("--run-dir", help="run folder (default: the newest under runs/)")
-
 
 # ---------------------------------------------------------------------------- train
 
@@ -112,8 +38,8 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
         help="GPU: deterministic reductions and convolutions, so that --resume is bitwise "
         "equal to never stopping there too (slower; CPU runs are deterministic anyway)",
     )
-    _distributed_flags(parser)
-    _process_flags(parser)
+    common.distributed_flags(parser)
+    common.process_flags(parser)
 
 
 def fold_number(args: argparse.Namespace) -> int | None:
@@ -134,7 +60,7 @@ def train(args: argparse.Namespace) -> None:
 
     started = float(os.environ["SEGJAX_START"].partition(":")[2])
     options = flags.option_values(args, RunOptions, started=started)  # checked before any work
-    _initialize_distributed(args)
+    common.initialize_distributed(args)
     fold_all = args.fold == "all"
     if args.resume:
         run_dir = (
@@ -175,7 +101,7 @@ def train(args: argparse.Namespace) -> None:
 
 
 def submit_arguments(parser: argparse.ArgumentParser) -> None:
-    _runs_flag(parser, several=True)
+    common.runs_flag(parser, several=True)
     parser.add_argument("--data-dir", help="data folder with test/images (default: the run's)")
     parser.add_argument("--out", help="output CSV (default <run or k-fold folder>/submission.csv)")
     parser.add_argument(
@@ -185,14 +111,14 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
         help="RLE pixel order: F column-major (competition, default), C row-major",
     )
     flags.add_option_flags(parser, InferenceOptions, title="prediction")
-    _distributed_flags(parser)
-    _process_flags(parser)
+    common.distributed_flags(parser)
+    common.process_flags(parser)
 
 
 def submit(args: argparse.Namespace) -> None:
     from segjax.inference.submission import make_submission
 
-    _initialize_distributed(args)
+    common.initialize_distributed(args)
     options = flags.option_values(args, InferenceOptions)
     report = make_submission(
         args.run_dir, options, data_dir=args.data_dir, out=args.out, order=args.order
@@ -208,12 +134,12 @@ def submit(args: argparse.Namespace) -> None:
 
 
 def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    _runs_flag(parser, several=True)
+    common.runs_flag(parser, several=True)
     parser.add_argument("--split", choices=["val", "test"], default="val", help="default val")
     parser.add_argument("--out-dir", help="where to write the JSON and PNG (default: the run)")
     names = ("checkpoint", "batch_size", "threshold")
     flags.add_option_flags(parser, InferenceOptions, names, title="prediction")
-    _process_flags(parser)
+    common.process_flags(parser)
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -230,14 +156,14 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def predict_arguments(parser: argparse.ArgumentParser) -> None:
-    _runs_flag(parser, several=False)
+    common.runs_flag(parser, several=False)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     parser.add_argument("--out", required=True, help="folder for the masks")
     parser.add_argument("--overlay", action="store_true", help="also <stem>_overlay.png")
     parser.add_argument("--probs", action="store_true", help="also <stem>_prob.png (8-bit)")
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     flags.add_option_flags(parser, InferenceOptions, title="prediction")
-    _process_flags(parser)
+    common.process_flags(parser)
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -256,7 +182,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def export_arguments(parser: argparse.ArgumentParser) -> None:
-    _runs_flag(parser, several=False)
+    common.runs_flag(parser, several=False)
     parser.add_argument(
         "--format",
         choices=["jax", "onnx"],
@@ -272,7 +198,7 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     names = ("checkpoint", "tta", "threshold")
     flags.add_option_flags(parser, InferenceOptions, names, title="prediction")
-    _process_flags(parser)
+    common.process_flags(parser)
 
 
 def export(args: argparse.Namespace) -> None:
@@ -309,7 +235,7 @@ def export(args: argparse.Namespace) -> None:
 
 
 def info_arguments(parser: argparse.ArgumentParser) -> None:
-    _process_flags(parser)
+    common.process_flags(parser)
 
 
 def info(args: argparse.Namespace) -> None:
@@ -327,7 +253,7 @@ def info(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {
-    "train": Command(
+    "train": common.Command(
         "train a model into runs/<name>/, then tune its post-processing",
         "Train a UNet-family segmentation model into runs/<name>/ (config.json, run.json, "
         "checkpoints, metrics.jsonl, previews, curves.png, tuned.json). Without --data-dir it "
@@ -336,7 +262,7 @@ COMMANDS = {
         train,
         hugepages=True,
     ),
-    "submit": Command(
+    "submit": common.Command(
         "write a validated Kaggle submission CSV",
         "Predict every test image and write a validated Kaggle submission CSV. Several runs or "
         "a k-fold folder: their probabilities are averaged at each image's size, then one "
@@ -345,7 +271,7 @@ COMMANDS = {
         submit_arguments,
         submit,
     ),
-    "evaluate": Command(
+    "evaluate": common.Command(
         "score a run on its validation or held-out split",
         "Dice, IoU, precision, recall, accuracy and confusion matrix of a run on its "
         "validation or held-out test split at the images' original size, with and without "
@@ -354,7 +280,7 @@ COMMANDS = {
         evaluate_arguments,
         evaluate,
     ),
-    "predict": Command(
+    "predict": common.Command(
         "masks for image files or folders",
         "Predict masks for image files or folders (any size; L, RGB, RGBA, P; PNG, JPEG, ...): "
         "<out>/<stem>.png, 0/255, at each image's original size, with the run's tuned "
@@ -362,7 +288,7 @@ COMMANDS = {
         predict_arguments,
         predict,
     ),
-    "export": Command(
+    "export": common.Command(
         "a run's prediction function for jax (jax.export) or ONNX runtimes",
         "Serialise a run's prediction function (uint8 images at the training size -> "
         "probabilities; normalisation and TTA as tuned inside; batch size free), plus a JSON of "
@@ -373,7 +299,7 @@ COMMANDS = {
         export_arguments,
         export,
     ),
-    "info": Command(
+    "info": common.Command(
         "the devices, versions and caches segjax would use here",
         "Print the devices JAX sees (platform, kind, count), the versions of segjax, jax and "
         "jaxlib, segjax's XLA flags and where it caches demo data, decoded arrays and "
@@ -410,7 +336,7 @@ def run(
     if command.hugepages and fast and own_process:
         runtime.reexec_with_hugepages()
     runtime.configure(fast_cpu=fast, deterministic=getattr(args, "deterministic", False))
-    with user_errors():
+    with common.user_errors():
         status = command.run(args)
     if status is not None:  # a command with an exit status of its own (predict)
         sys.exit(status)

@@ -11,17 +11,9 @@ import argparse
 import dataclasses
 from typing import Any
 
-from segjax.config import (
-    Config,
-    check,
-    choices_of,
-    flag_of,
-    options,
-    parse_size,
-    replace,
-    show,
-)
+from segjax.config import Config, check, options, replace
 from segjax.errors import UserError
+from segjax.fields import choices_of, flag_of, parse_size, show
 
 
 def choices(field: dataclasses.Field) -> list[str] | None:

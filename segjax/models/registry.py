@@ -10,7 +10,7 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
-from segjax.config import register
+from segjax.fields import register
 from segjax.models.convnext import ConvNeXt
 from segjax.models.decoders import NestedDecoder, UNetDecoder
 from segjax.models.encoders import EfficientNet, EfficientNetLite, ResNet, ScratchEncoder

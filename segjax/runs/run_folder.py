@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from segjax.config import Config, RunFacts, check, show
+from segjax.config import Config, RunFacts, check
 from segjax.errors import UserError
+from segjax.fields import show
 from segjax.files import write_text
 
 RUNS_ROOT = Path("runs")
