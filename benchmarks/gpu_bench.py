@@ -194,7 +194,7 @@ def depthwise_row(size, precision, batch, steps, smoke: bool) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from segjax.models.layers import depthwise_cpu, depthwise_native, depthwise_shifted
+    from segjax.models.convolutions import depthwise_cpu, depthwise_native, depthwise_shifted
 
     dtype = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}[precision]
     row = {}

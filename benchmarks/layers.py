@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax.models import layers
+from segjax.models import convolutions
 from segjax.models.builder import create_model
 
 Layer = collections.namedtuple("Layer", "kind shape kernel stride cout padding count")
@@ -43,7 +43,7 @@ def model_layers(config, batch: int) -> list[Layer]:
         module, x = context.module, args[0] if args else None
         if context.method_name == "__call__" and hasattr(x, "shape"):
             shape = tuple(x.shape)
-            if isinstance(module, layers.DepthwiseConv):
+            if isinstance(module, convolutions.DepthwiseConv):
                 k, s = module.kernel_size, module.strides
                 found[Layer("depthwise", shape, k, s, shape[-1], module.padding, 0)] += 1
             elif isinstance(module, nn.Conv) and module.feature_group_count == 1:
@@ -72,9 +72,9 @@ def forms(layer: Layer) -> dict[str, Callable]:
     s, pad = layer.stride, layer.padding
     if layer.kind == "depthwise":
         return {
-            "segjax": functools.partial(layers.depthwise_conv, stride=s, padding=pad),
-            "native": functools.partial(layers.depthwise_native, stride=s, padding=pad),
-            "shifted": functools.partial(layers.depthwise_shifted, stride=s, padding=pad),
+            "segjax": functools.partial(convolutions.depthwise_conv, stride=s, padding=pad),
+            "native": functools.partial(convolutions.depthwise_native, stride=s, padding=pad),
+            "shifted": functools.partial(convolutions.depthwise_shifted, stride=s, padding=pad),
         }
     return {"segjax": functools.partial(dense_native, stride=s, padding=pad)}
 

@@ -20,8 +20,7 @@ from segjax.config import ModelConfig, RunFacts, RunOptions
 from segjax.errors import UserError
 from segjax.models import pretrained, weight_files
 from segjax.models.builder import create_model, total_stride
-from segjax.models.encoders import EfficientNetClassifier, ResNetClassifier
-from segjax.models.layers import (
+from segjax.models.convolutions import (
     depthwise_conv,
     depthwise_native,
     depthwise_shifted,
@@ -29,7 +28,9 @@ from segjax.models.layers import (
     grouped_native,
     grouped_shifted,
 )
+from segjax.models.efficientnet import EfficientNetClassifier
 from segjax.models.registry import ENCODERS
+from segjax.models.resnet import ResNetClassifier
 from tests.conftest import on_devices
 
 DATA = Path(__file__).resolve().parent / "data"

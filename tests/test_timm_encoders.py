@@ -23,8 +23,9 @@ from segjax.errors import UserError
 from segjax.models import pretrained, weight_files
 from segjax.models.builder import create_model
 from segjax.models.convnext import ConvNeXtClassifier
-from segjax.models.encoders import EfficientNetClassifier, ResNetClassifier
+from segjax.models.efficientnet import EfficientNetClassifier
 from segjax.models.registry import ENCODERS
+from segjax.models.resnet import ResNetClassifier
 from tests.test_pretrained import draw
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -26,7 +26,7 @@ from segjax.errors import UserError
 from segjax.files import check_output_file, write_bytes, write_text
 from segjax.inference import tuning
 from segjax.inference.run_loader import load_run
-from segjax.models import apply, layers
+from segjax.models import apply, convolutions
 from segjax.models.builder import create_model
 from segjax.models.registry import ARCHS, ENCODERS
 
@@ -59,7 +59,7 @@ def _convert(fn, spec):
         ) from None
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # its notes on shape metadata
     # jax2onnx adds a convolution's bias by broadcasting (allowed whatever the caller's setting)
-    with layers.portable(), jax.numpy_rank_promotion("allow"):  # one form of each layer
+    with convolutions.portable(), jax.numpy_rank_promotion("allow"):  # one form of each layer
         proto = jax2onnx.to_onnx(
             fn, [spec], opset=OPSET, input_names=["images"], output_names=["probabilities"]
         )

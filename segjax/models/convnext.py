@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import DepthwiseConv, param_dtype
+from segjax.models.convolutions import DepthwiseConv
+from segjax.models.layers import param_dtype
 
 
 def _layer_norm(dtype, name: str) -> nn.LayerNorm:

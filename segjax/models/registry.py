@@ -13,7 +13,9 @@ from collections.abc import Callable
 from segjax.fields import register
 from segjax.models.convnext import ConvNeXt
 from segjax.models.decoders import NestedDecoder, UNetDecoder
-from segjax.models.encoders import EfficientNet, EfficientNetLite, ResNet, ScratchEncoder
+from segjax.models.efficientnet import EfficientNet, EfficientNetLite
+from segjax.models.encoders import ScratchEncoder
+from segjax.models.resnet import ResNet
 
 
 @dataclasses.dataclass(frozen=True)
