@@ -61,7 +61,7 @@ def model_layers(config, batch: int) -> list[Layer]:
 
 
 def dense_native(x, w, stride: int, padding: str):
-    pads = "SAME" if padding == "SAME" else ((w.shape[0] // 2,) * 2,) * 2
+    pads = padding if padding in ("SAME", "VALID") else ((w.shape[0] // 2,) * 2,) * 2
     return jax.lax.conv_general_dilated(
         x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
@@ -76,7 +76,18 @@ def forms(layer: Layer) -> dict[str, Callable]:
             "native": functools.partial(convolutions.depthwise_native, stride=s, padding=pad),
             "shifted": functools.partial(convolutions.depthwise_shifted, stride=s, padding=pad),
         }
-    return {"segjax": functools.partial(dense_native, stride=s, padding=pad)}
+    native = functools.partial(dense_native, stride=s, padding=pad)
+    if s == 1:
+        return {"segjax": native}
+    return {"segjax": functools.partial(dense_strided, stride=s, padding=pad), "native": native}
+
+
+def dense_strided(x, w, stride: int, padding: str):
+    """segjax's strided convolution (`convolutions.conv_general`: on CPU the input gradient by
+    phases), as `nn.Conv` calls it."""
+    pads = padding if padding in ("SAME", "VALID") else ((w.shape[0] // 2,) * 2,) * 2
+    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    return convolutions.conv_general(x, w, (stride, stride), pads, dimension_numbers=dims)
 
 
 def weight_shape(layer: Layer) -> tuple[int, ...]:
@@ -121,7 +132,7 @@ def time_torch(layer: Layer, repeats: int) -> dict[str, float] | None:
     x = torch.randn(b, c, h, w).to(memory_format=torch.channels_last).requires_grad_()
     weight = torch.randn(layer.cout, c // groups, k, k).to(memory_format=torch.channels_last)
     weight.requires_grad_()
-    pad = k // 2
+    pad = 0 if layer.padding == "VALID" else k // 2
     conv = lambda: torch.nn.functional.conv2d(x, weight, stride=s, padding=pad, groups=groups)
     with torch.no_grad():
         y = conv()
@@ -183,7 +194,9 @@ def summary(rows: list[dict]) -> str:
     """Each form's total over the model (times x occurrences), where every layer has it."""
     totals: dict[str, dict[str, float]] = {}
     for row in rows:
-        kind = row["layer"].split(" s")[0]
+        kind, rest = row["layer"].split(" s", 1)
+        if not kind.startswith("depthwise") and not rest.startswith("1 "):
+            kind += f" s{rest.split()[0]}"  # strided dense layers: a form of their own
         key = (kind, row["form"])
         t = totals.setdefault(key, {"fwd": 0.0, "dx": 0.0, "dw": 0.0})
         for part in t:

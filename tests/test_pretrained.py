@@ -21,12 +21,15 @@ from segjax.errors import UserError
 from segjax.models import pretrained, weight_files
 from segjax.models.builder import create_model, total_stride
 from segjax.models.convolutions import (
+    PHASES_MIN_CHANNELS,
+    conv_general,
     depthwise_conv,
     depthwise_native,
     depthwise_shifted,
     grouped_conv,
     grouped_native,
     grouped_shifted,
+    strided_input_grad,
 )
 from segjax.models.efficientnet import EfficientNetClassifier
 from segjax.models.registry import ENCODERS
@@ -227,6 +230,48 @@ def test_the_cpu_depthwise_equals_the_grouped_convolution_with_gradients(
         loss = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1)))(x, w)
         for a, b in zip(loss(cpu), loss(native), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, strides, padding",
+    [
+        ((2, 9, 7, 16), 3, (2, 2), ((1, 1), (1, 1))),  # ResNet's 3x3, stride 2, odd sizes
+        ((2, 8, 10, 16), 1, (2, 2), ((0, 0), (0, 0))),  # its 1x1 shortcut: a phase with no tap
+        ((1, 12, 8, 16), 2, (2, 2), "VALID"),  # ConvNeXt's downsampling
+        ((2, 11, 6, 17), 5, (3, 2), "SAME"),  # uneven strides, TensorFlow's SAME (extra after)
+        ((1, 10, 9, 16), 4, (2, 3), ((2, 0), (1, 2))),  # uneven padding
+        ((1, 10, 9, 3), 3, (2, 2), "SAME"),  # an image's 3 channels: the native form
+    ],
+)
+def test_strided_convolution_input_gradient_by_phases_equals_the_native_one(
+    shape, kernel, strides, padding
+):
+    """`conv_general` (on CPU: the native forward and kernel gradient, the input gradient as
+    one stride-1 convolution per phase) against `jax.lax.conv_general_dilated` and its
+    gradients, in float64 on odd sizes, even and odd kernels, both paddings."""
+    dn = ("NHWC", "HWIO", "NHWC")
+    with enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (kernel, kernel, shape[-1], 5), jnp.float64)
+        lax_conv = lambda x, w: jax.lax.conv_general_dilated(
+            x, w, strides, padding, dimension_numbers=dn
+        )
+        dims = jax.lax.conv_dimension_numbers(shape, w.shape, dn)
+        ours = lambda x, w: conv_general(x, w, strides, padding, dimension_numbers=dims)
+        np.testing.assert_allclose(jax.jit(ours)(x, w), lax_conv(x, w), rtol=1e-12, atol=1e-12)
+        loss = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1)))(x, w)
+        for a, b in zip(loss(ours), loss(lax_conv), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+        phased = "name=strided_cpu" in str(jax.make_jaxpr(ours)(x, w))  # the CPU's branch
+        assert phased == (shape[-1] >= PHASES_MIN_CHANNELS)  # by phases where that wins
+        # the phases themselves, whatever the platform chose
+        y, pullback = jax.vjp(lambda x: lax_conv(x, w), x)
+        g = jnp.cos(y)
+        pads = padding
+        if isinstance(padding, str):
+            pads = jax.lax.padtype_to_pads(shape[1:3], (kernel, kernel), strides, padding)
+        phases = strided_input_grad(g, w, strides, pads, shape)
+        np.testing.assert_allclose(phases, pullback(g)[0], rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("stride, groups", [(1, 4), (2, 4), (2, 1)])

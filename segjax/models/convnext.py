@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.convolutions import DepthwiseConv
+from segjax.models.convolutions import DepthwiseConv, conv_general
 from segjax.models.layers import param_dtype
 
 
@@ -62,7 +62,12 @@ class ConvNeXt(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array | None]:
         del train  # no BatchNorm, no dropout
-        conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=param_dtype(self.dtype))
+        conv = functools.partial(  # strided: the input gradient by phases on CPU
+            nn.Conv,
+            dtype=self.dtype,
+            param_dtype=param_dtype(self.dtype),
+            conv_general_dilated=conv_general,
+        )
         x = conv(self.dims[0], (4, 4), strides=4, padding="VALID", name="stem_conv")(
             x.astype(self.dtype)
         )

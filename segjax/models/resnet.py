@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.convolutions import GroupedConv
+from segjax.models.convolutions import GroupedConv, conv_general
 from segjax.models.encoders import batch_norm
 from segjax.models.layers import param_dtype
 
@@ -27,7 +27,11 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         norm = functools.partial(batch_norm, train, self.bn_frozen, 0.9, 1e-5, self.dtype)
         conv = functools.partial(
-            nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=param_dtype(self.dtype)
+            nn.Conv,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=param_dtype(self.dtype),
+            conv_general_dilated=conv_general,  # strided: the input gradient by phases on CPU
         )
         y = conv(self.features, (3, 3), self.stride, padding=((1, 1), (1, 1)), name="conv1")(x)
         y = nn.relu(norm("bn1")(y))
@@ -68,7 +72,11 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         norm = functools.partial(batch_norm, train, self.bn_frozen, 0.9, 1e-5, self.dtype)
         conv = functools.partial(
-            nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=param_dtype(self.dtype)
+            nn.Conv,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=param_dtype(self.dtype),
+            conv_general_dilated=conv_general,  # strided: the input gradient by phases on CPU
         )
         width = self.features * self.base_width // 64 * self.groups
         out = 4 * self.features
