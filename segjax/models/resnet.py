@@ -5,6 +5,7 @@ the weight checks."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -13,6 +14,18 @@ import jax.numpy as jnp
 from segjax.models.convolutions import GroupedConv, conv_general
 from segjax.models.encoders import batch_norm
 from segjax.models.layers import param_dtype
+
+
+def block_conv(dtype) -> Callable[..., nn.Conv]:
+    """A block's convolution: no bias (BatchNorm follows); strided, its input gradient by
+    phases on CPU (`conv_general`)."""
+    return functools.partial(
+        nn.Conv,
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=param_dtype(dtype),
+        conv_general_dilated=conv_general,
+    )
 
 
 class BasicBlock(nn.Module):
@@ -26,13 +39,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         norm = functools.partial(batch_norm, train, self.bn_frozen, 0.9, 1e-5, self.dtype)
-        conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=param_dtype(self.dtype),
-            conv_general_dilated=conv_general,  # strided: the input gradient by phases on CPU
-        )
+        conv = block_conv(self.dtype)
         y = conv(self.features, (3, 3), self.stride, padding=((1, 1), (1, 1)), name="conv1")(x)
         y = nn.relu(norm("bn1")(y))
         y = norm("bn2")(conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y))
@@ -71,13 +78,7 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         norm = functools.partial(batch_norm, train, self.bn_frozen, 0.9, 1e-5, self.dtype)
-        conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=param_dtype(self.dtype),
-            conv_general_dilated=conv_general,  # strided: the input gradient by phases on CPU
-        )
+        conv = block_conv(self.dtype)
         width = self.features * self.base_width // 64 * self.groups
         out = 4 * self.features
         y = nn.relu(norm("bn1")(conv(width, (1, 1), name="conv1")(x)))
