@@ -127,6 +127,8 @@ def test_train_script_end_to_end_with_resume(demo_dir, tmp_path, monkeypatch, ca
         str(demo_dir),
         "--image-size",
         "32",
+        "--encoder",
+        "scratch",  # the smallest model: this test is about the command line
         "--features",
         "4",
         "--depth",

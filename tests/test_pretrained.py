@@ -80,8 +80,9 @@ def test_the_reader_refuses_anything_but_tensors_and_runs_no_code(tmp_path, monk
         weight_files.read_state_dict(path)
     assert not (tmp_path / "pwned").exists()
     (tmp_path / "junk.pth").write_bytes(b"not a pickle at all")
-    with pytest.raises(weight_files.WeightsError, match=r"junk\.pth: not a readable PyTorch"):
-        weight_files.read_state_dict(tmp_path / "junk.pth")
+    for check in (weight_files.read_state_dict, weight_files.check_readable):
+        with pytest.raises(weight_files.WeightsError, match=r"junk\.pth: not a readable PyTorch"):
+            check(tmp_path / "junk.pth")
 
 
 @pytest.mark.parametrize(

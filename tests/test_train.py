@@ -542,7 +542,6 @@ def test_a_session_limit_pauses_between_epochs_and_the_next_session_equals_never
     assert_same_run(config, straight, run_dir)
 
 
-@pytest.mark.slow
 def test_an_error_before_the_first_epoch_leaves_no_run_folder(demo_dir, tmp_path):
     from tests.conftest import make_tiny_config
 

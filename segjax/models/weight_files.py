@@ -197,6 +197,31 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path}: not a readable .safetensors file ({err})") from err
 
 
+def check_readable(path: str | os.PathLike) -> None:
+    """A quick look at a weights file before anything is compiled, so that a wrong file fails
+    at once: a .safetensors header that parses, or a PyTorch file's first bytes (a zip archive
+    or a pickle). `read_state_dict` reads and checks the whole file later."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+        except ImportError as err:  # a declared dependency: only a broken install gets here
+            raise WeightsError("reading .safetensors needs the safetensors package") from err
+        try:
+            with safe_open(str(path), framework="numpy"):
+                return
+        except Exception as err:  # safetensors raises its own SafetensorError for bad headers
+            raise WeightsError(f"{path}: not a readable .safetensors file ({err})") from err
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise WeightsError(
+            f"{path}: not a readable PyTorch state dict (neither a zip archive nor a pickle)"
+        )
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read .safetensors with safetensors, anything else as a PyTorch file."""
     path = Path(path)

@@ -19,7 +19,7 @@ from segjax.config import Config, RunFacts, check
 from segjax.data import decode, sampling, sources
 from segjax.data.decode import Arrays
 from segjax.errors import DataError, UserError
-from segjax.models import pretrained
+from segjax.models import pretrained, weight_files
 from segjax.models.builder import total_stride
 from segjax.runs import checkpoint, metrics_log, run_folder
 from segjax.train import optim, precision
@@ -120,8 +120,10 @@ def start(
     lead = jax.process_index() == 0
     if lead:
         run_folder.claim(run_dir, resume=resume, overwrite=overwrite)
-        if not resume:
-            pretrained.weights_file(config.model.encoder, config.model.encoder_weights)
+        if not resume:  # a wrong weights file fails here, before anything compiles
+            path = pretrained.weights_file(config.model.encoder, config.model.encoder_weights)
+            if path is not None:
+                weight_files.check_readable(path)
     mesh = parallel.create_mesh()
     began = time.perf_counter()
     splits = sources.load_splits(config)
