@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -98,7 +99,9 @@ def fit(
             writer.close()
 
 
-def begin(config: Config, run_dir: Path, options: RunOptions, clock, extra) -> tuple:
+def begin(
+    config: Config, run_dir: Path, options: RunOptions, clock, extra
+) -> tuple[Setup, Any, Progress]:
     """`start` and the time budget's plan, then the start block: the setup (with its plan),
     the state (with the plan's schedule) and where the run stands. A new folder is removed
     again if anything fails before the first step."""
