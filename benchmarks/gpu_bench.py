@@ -45,6 +45,7 @@ ROWS = [
     ("segjax", "unet", 256, "fp16", 32, LITE0),
     ("segjax", "unet", 256, "fp32", 32, LITE0),
     ("depthwise", "lite0", 384, "fp32", 32, {}),
+    ("strided", "resnet50", 384, "bf16", 32, {}),
     ("loop", "unet", 64, "fp32", 8, {"features": 8, "encoder": "efficientnet-lite0"}),
     # timm's encoders (random weights: the speed is the same), PyTorch's timm model beside one
     ("segjax", "unet", 384, "bf16", 32, {"encoder": "resnet50", "features": 16}),
@@ -59,6 +60,10 @@ ROWS = [
 # The depthwise convolutions of EfficientNet-Lite0 at a 384x384 input: [stride-1 spatial size,
 # channels, kernel, stride] of representative blocks.
 DEPTHWISE = [(192, 96, 3, 2), (96, 144, 5, 2), (48, 240, 3, 2), (24, 480, 5, 1), (12, 1152, 3, 1)]
+# ResNet-50's strided convolutions at a 384x384 input: [input spatial size, input channels,
+# output channels, kernel] of the first block of stages 2-4 (the 3x3 and the 1x1 shortcut).
+STRIDED = [(96, 128, 128, 3), (96, 256, 512, 1), (48, 256, 256, 3), (48, 512, 1024, 1)]
+STRIDED += [(24, 512, 512, 3), (24, 1024, 2048, 1)]
 
 DETERMINISM = """
 import sys, time; sys.path.insert(0, sys.argv[1])
@@ -192,7 +197,6 @@ def depthwise_row(size, precision, batch, steps, smoke: bool) -> dict:
     image): milliseconds per call, medians."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from segjax.models.convolutions import depthwise_cpu, depthwise_native, depthwise_shifted
 
@@ -206,21 +210,58 @@ def depthwise_row(size, precision, batch, steps, smoke: bool) -> dict:
         forms += (("cpu", lambda x, w, stride: depthwise_cpu(x, w, stride, "SAME")),)
         for name, form in forms:
             fn = functools.partial(form, stride=stride)
-            f = lambda x, w, fn=fn: jnp.sum(fn(x, w).astype(jnp.float32))
-            calls = {
-                "fwd": jax.jit(fn),
-                "dx": jax.jit(jax.grad(f, argnums=0)),
-                "dw": jax.jit(jax.grad(f, argnums=1)),
-            }
-            for part, call in calls.items():
-                call(x, w).block_until_ready()
-                times = []
-                for _ in range(steps):
-                    t = time.perf_counter()
-                    call(x, w).block_until_ready()
-                    times.append(time.perf_counter() - t)
-                key = f"{hw}x{hw}x{channels}_k{k}s{stride}_{name}_{part}_ms"
-                row[key] = float(np.median(times)) * 1e3
+            label = f"{hw}x{hw}x{channels}_k{k}s{stride}_{name}"
+            row.update(time_parts(fn, x, w, steps, label, ("fwd", "dx", "dw")))
+    return row
+
+
+def time_parts(fn, x, w, steps: int, label: str, parts) -> dict:
+    """Median milliseconds of fn's forward ("fwd"), input gradient ("dx") and kernel gradient
+    ("dw"), each jitted alone: {label_part_ms: ms}."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    f = lambda x, w: jnp.sum(fn(x, w).astype(jnp.float32))
+    calls = {
+        "fwd": jax.jit(fn),
+        "dx": jax.jit(jax.grad(f, argnums=0)),
+        "dw": jax.jit(jax.grad(f, argnums=1)),
+    }
+    row = {}
+    for part in parts:
+        call = calls[part]
+        call(x, w).block_until_ready()
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            call(x, w).block_until_ready()
+            times.append(time.perf_counter() - t)
+        row[f"{label}_{part}_ms"] = float(np.median(times)) * 1e3
+    return row
+
+
+def strided_row(size, precision, batch, steps, smoke: bool) -> dict:
+    """Each strided convolution of ResNet-50's stages alone, its input gradient in XLA's form
+    (the output gradient dilated) and by phases (`convolutions.strided_cpu`, which segjax uses
+    on CPU): milliseconds per call, medians. On a GPU the phases are used only if they win."""
+    import jax
+    import jax.numpy as jnp
+
+    from segjax.models.convolutions import dense_native, strided_cpu
+
+    dtype = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}[precision]
+    row = {}
+    for spatial, cin, cout, k in STRIDED[:1] if smoke else STRIDED:
+        hw = spatial * size // 384
+        x = jax.random.normal(jax.random.key(0), (batch, hw, hw, cin), dtype)
+        w = jax.random.normal(jax.random.key(1), (k, k, cin, cout), dtype)
+        pads = ((k // 2, k // 2),) * 2
+        forms = {"native": dense_native, "phases": strided_cpu}
+        for name, form in forms.items():
+            fn = lambda x, w, form=form, pads=pads: form(x, w, (2, 2), pads)
+            label = f"{hw}x{hw}x{cin}_k{k}s2_{cout}_{name}"
+            row.update(time_parts(fn, x, w, steps, label, ("dx",)))
     return row
 
 
@@ -295,6 +336,8 @@ def main() -> None:
                 row.update(loop_row(arch, size, precision, batch, extra, steps))
             elif kind_ == "depthwise":
                 row.update(depthwise_row(size, precision, batch, steps, args.smoke))
+            elif kind_ == "strided":
+                row.update(strided_row(size, precision, batch, steps, args.smoke))
             elif kind_ == "deterministic":
                 row.update(determinism_row(size, batch))
             else:

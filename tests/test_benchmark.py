@@ -60,3 +60,17 @@ def test_the_gpu_script_runs_in_smoke_mode_and_writes_rows_as_they_finish(tmp_pa
     forms = {key.split("_")[2] for key in rows[1] if key.endswith("_ms")}
     assert forms == {"native", "shifted", "cpu"}
     assert "budget spent: skipped depthwise" in done.stdout
+    # the strided convolutions' row: XLA's input gradient and the phases, side by side
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_bench.py", "--smoke", "--only", "strided"]
+        + ["--budget", "0", "--out", str(tmp_path / "strided")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = [json.loads(line) for line in (tmp_path / "strided/results.jsonl").open()][1:]
+    assert row["row"] == "strided" and "error" not in row, row
+    assert {key.split("_")[-3] for key in row if key.endswith("_dx_ms")} == {"native", "phases"}
