@@ -34,10 +34,9 @@ def test_bench_train_and_the_loop_run_on_a_tiny_model():
     assert loop["efficiency"] > 0 and "unet" in benchmark.format_results([result], peak=100.0)
 
 
-@pytest.mark.slow
-def test_the_gpu_script_runs_in_smoke_mode_and_writes_rows_as_they_finish(tmp_path):
-    """benchmarks/gpu_bench.py, prepared for a lent GPU: its smoke mode on this CPU, with a
-    budget of 0 s: the first depthwise row runs (the first always does), the rest are skipped."""
+def run_gpu_script(out, *kinds: str):
+    """benchmarks/gpu_bench.py in smoke mode with a budget of 0 s (only the first row runs):
+    the process and the rows it wrote."""
     import json
     import os
     import subprocess
@@ -46,8 +45,8 @@ def test_the_gpu_script_runs_in_smoke_mode_and_writes_rows_as_they_finish(tmp_pa
 
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, "benchmarks/gpu_bench.py", "--smoke", "--only", "depthwise"]
-        + ["--budget", "0", "--out", str(tmp_path)],
+        [sys.executable, "benchmarks/gpu_bench.py", "--smoke", "--only", *kinds]
+        + ["--budget", "0", "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=root,
@@ -55,22 +54,20 @@ def test_the_gpu_script_runs_in_smoke_mode_and_writes_rows_as_they_finish(tmp_pa
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return done, rows
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_in_smoke_mode_and_writes_rows_as_they_finish(tmp_path):
+    """benchmarks/gpu_bench.py, prepared for a lent GPU: its smoke mode on this CPU, with a
+    budget of 0 s: the first depthwise row runs (the first always does), the rest are skipped."""
+    done, rows = run_gpu_script(tmp_path, "depthwise")
     assert rows[0]["row"] == "environment" and rows[1]["row"] == "depthwise"
     forms = {key.split("_")[2] for key in rows[1] if key.endswith("_ms")}
     assert forms == {"native", "shifted", "cpu"}
     assert "budget spent: skipped depthwise" in done.stdout
     # the strided convolutions' row: XLA's input gradient and the phases, side by side
-    done = subprocess.run(
-        [sys.executable, "benchmarks/gpu_bench.py", "--smoke", "--only", "strided"]
-        + ["--budget", "0", "--out", str(tmp_path / "strided")],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    (row,) = [json.loads(line) for line in (tmp_path / "strided/results.jsonl").open()][1:]
+    _, (_, row) = run_gpu_script(tmp_path / "strided", "strided")
     assert row["row"] == "strided" and "error" not in row, row
     assert {key.split("_")[-3] for key in row if key.endswith("_dx_ms")} == {"native", "phases"}

@@ -61,8 +61,9 @@ def fit(
         writer = tensorboard.Writer(setup.run_dir) if logging else None
         with stop_on_signals() as stop:
             while (ended := why_stop(setup, progress, stop, options, cut, longest)) is None:
-                epoch, first = progress.epoch, progress.batch
+                epoch = progress.epoch
                 end = min(spe, setup.schedule_steps - epoch * spe)  # a plan may cut the last
+                steps = end - progress.batch  # this call's steps (fewer after a mid-epoch stop)
                 tic = clock() if setup.budget or setup.session else 0.0
                 began = time.perf_counter()
                 state, progress, train = train_epoch(setup, state, progress, rng, show, stop, end)
@@ -72,7 +73,7 @@ def fit(
                     continue
                 if setup.budget is not None:  # planned again before the checkpoint keeps it
                     trained = clock()
-                    step_s = (trained - tic) / max(end - first, 1)
+                    step_s = (trained - tic) / max(steps, 1)
                     small = epoch < setup.facts.small_epochs  # progressive resizing's phase
                     setup = planner.timed(setup, step_s, small, closed_s)
                     setup, state, cut = replan(setup, state, epoch * spe + end)
@@ -81,13 +82,11 @@ def fit(
                 if setup.budget is not None:
                     closed_s = clock() - trained
                 if setup.lead:
-                    log_timing(
-                        setup.run_dir, progress.epoch, seconds, (end - first) * tc.batch_size
-                    )
+                    log_timing(setup.run_dir, progress.epoch, seconds, steps * tc.batch_size)
                     report(progress.rows[-1], progress, seconds)
                 if writer is not None:
                     preview = setup.run_dir / f"previews/epoch_{progress.epoch:03d}.png"
-                    writer.epoch(progress.rows[-1], seconds / max(end - first, 1), preview)
+                    writer.epoch(progress.rows[-1], seconds / max(steps, 1), preview)
                 if setup.session is not None:
                     longest = max(longest, clock() - tic)
         say_why(setup, ended, progress)
