@@ -34,6 +34,13 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.hookimpl(optionalhook=True)  # known only where pytest-xdist is installed
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): a worker per core, at most four: each worker is a JAX
+    process of its own, and many tests start processes of their own."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 TINY_SIZES = ((40, 40), (36, 48), (48, 36))
 
 

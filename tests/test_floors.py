@@ -57,7 +57,7 @@ def test_the_floor_versions_train_submit_and_pass_the_model_tests(demo_dir, tmp_
     sizes = [Image.open(s.image).size[::-1] for s in test]
     assert submission.validate(out, [s.id for s in test], sizes) < 1.0
     models = subprocess.run(
-        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-m", "not slow"]
         + ["tests/test_models.py"],
         capture_output=True,
         text=True,
