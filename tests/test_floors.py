@@ -33,8 +33,13 @@ def test_the_floor_versions_train_submit_and_pass_the_model_tests(demo_dir, tmp_
         [python, "-m", "pip", "list", "--format", "freeze"], capture_output=True, text=True
     ).stdout.lower()
     assert all(pin.lower() in listed.splitlines() for pin in pins), (pins, listed)
-    # A process that looks like a fresh user's: none of this one's jax settings or caches.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "SEGJAX"))}
+    # A process that looks like a fresh user's: none of this one's jax settings, caches or
+    # pytest options (PYTEST_ADDOPTS may name a plugin the floors do not have).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("XLA_", "JAX_", "SEGJAX", "PYTEST_"))
+    }
     env["SEGJAX_CACHE"] = str(tmp_path / "cache")
     segjax = lambda *args: subprocess.run(
         [python, "-m", "segjax", *args], capture_output=True, text=True, env=env, cwd=tmp_path
