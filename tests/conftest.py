@@ -37,8 +37,10 @@ def pytest_collection_modifyitems(items):
 @pytest.hookimpl(optionalhook=True)  # known only where pytest-xdist is installed
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pyproject's addopts): a worker per core, at most four: each worker is a JAX
-    process of its own, and many tests start processes of their own."""
-    return max(1, min(os.cpu_count() or 1, 4))
+    process of its own, and many tests start processes of their own. The cores this process
+    may run on, where the system says (a container's CPU set), else all of them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 4))
 
 
 TINY_SIZES = ((40, 40), (36, 48), (48, 36))
