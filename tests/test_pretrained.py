@@ -218,7 +218,7 @@ def test_lite0_weights_do_not_fit_lite2_and_the_error_names_the_key():
 def test_the_cpu_depthwise_equals_the_grouped_convolution_with_gradients(
     stride, kernel, shape, padding
 ):
-    """The CPU form (shifted taps; input gradient by autodiff, kernel gradient image by image)
+    """The CPU form (shifted taps; input gradient by phases, kernel gradient image by image)
     against the native grouped convolution and its gradients, in float64 on odd sizes."""
     with enable_x64(True):
         x = jax.random.normal(jax.random.key(0), shape, jnp.float64)

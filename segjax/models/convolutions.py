@@ -48,14 +48,15 @@ def depthwise_native(
     )
 
 
-def shifted_taps(x_BxHxWxC: jax.Array, k: int, stride: int, pads):
-    """(i, j, the strided window of the padded input under kernel tap (i, j)) for the k*k taps
-    of a k x k convolution: summing tap-wise products gives the convolution."""
+def shifted_taps(x_BxHxWxC: jax.Array, k: int | tuple[int, int], stride: int, pads):
+    """(i, j, the strided window of the padded input under kernel tap (i, j)) for the taps of
+    a k x k (or kh x kw) convolution: summing tap-wise products gives the convolution."""
+    kh, kw = (k, k) if isinstance(k, int) else k
     x = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
-    oh = (x.shape[1] - k) // stride + 1
-    ow = (x.shape[2] - k) // stride + 1
-    for i in range(k):
-        for j in range(k):
+    oh = (x.shape[1] - kh) // stride + 1
+    ow = (x.shape[2] - kw) // stride + 1
+    for i in range(kh):
+        for j in range(kw):
             yield (
                 i,
                 j,
@@ -67,17 +68,22 @@ def shifted_taps(x_BxHxWxC: jax.Array, k: int, stride: int, pads):
             )
 
 
+def shifted_sum(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, pads):
+    """The depthwise convolution as the sum of the kernel's shifted, per-channel-scaled copies
+    of the input (explicit (before, after) pads; any kh x kw kernel)."""
+    terms = (
+        tap * kernel_KxKx1xC[i, j][None, None]  # [1, 1, 1, C]: per channel
+        for i, j, tap in shifted_taps(x_BxHxWxC, kernel_KxKx1xC.shape[:2], stride, pads)
+    )
+    return functools.reduce(jnp.add, terms)
+
+
 def depthwise_shifted(
     x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, padding: str = "SAME"
 ):
     """The sum of k*k shifted, per-channel-scaled copies of the input."""
-    k = kernel_KxKx1xC.shape[0]
-    pads = depthwise_pads(x_BxHxWxC, k, stride, padding)
-    terms = (
-        tap * kernel_KxKx1xC[i, j][None, None]  # [1, 1, 1, C]: per channel
-        for i, j, tap in shifted_taps(x_BxHxWxC, k, stride, pads)
-    )
-    return functools.reduce(jnp.add, terms)
+    pads = depthwise_pads(x_BxHxWxC, kernel_KxKx1xC.shape[0], stride, padding)
+    return shifted_sum(x_BxHxWxC, kernel_KxKx1xC, stride, pads)
 
 
 def depthwise_weight_grad(
@@ -110,7 +116,8 @@ def depthwise_weight_grad(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def depthwise_cpu(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, padding: str):
-    """The shifted form, its input gradient by autodiff, its kernel gradient image by image."""
+    """The shifted form; its input gradient by phases (`phase_input_grad`: shifted sums of the
+    output gradient with the flipped kernel), its kernel gradient image by image."""
     return depthwise_shifted(x_BxHxWxC, kernel_KxKx1xC, stride, padding)
 
 
@@ -120,10 +127,13 @@ def _depthwise_cpu_fwd(x, kernel, stride, padding):
 
 def _depthwise_cpu_bwd(stride, padding, saved, g):
     x, kernel = saved
-    _, pullback = jax.vjp(lambda x: depthwise_shifted(x, kernel, stride, padding), x)
     k = kernel.shape[0]
     pads = depthwise_pads(x, k, stride, padding)
-    return pullback(g)[0], depthwise_weight_grad(x, g, k, stride, pads).astype(kernel.dtype)
+    flat = ((0, 0), (0, 0))
+    dx = phase_input_grad(
+        g, kernel, (stride, stride), pads, x.shape, lambda g, sub: shifted_sum(g, sub, 1, flat)
+    )
+    return dx.astype(x.dtype), depthwise_weight_grad(x, g, k, stride, pads).astype(kernel.dtype)
 
 
 depthwise_cpu.defvjp(_depthwise_cpu_fwd, _depthwise_cpu_bwd)
@@ -282,14 +292,15 @@ def dense_native(x_BxHxWxC, kernel_KxKxCxO, strides, pads, precision=None):
     )
 
 
-def strided_input_grad(g_BxHoxWoxO, kernel_KxKxCxO, strides, pads, shape, precision=None):
-    """The input gradient of a strided convolution as stride * stride stride-1 convolutions of
-    the output gradient, one per phase of the input (the positions i with (i + pad) % stride
-    equal), each with the kernel's taps of that phase; interleaved and cropped. XLA writes
-    this gradient with the output gradient dilated (`lhs_dilation`): stride^2 times the
-    multiplications, on XLA:CPU's slower path."""
-    n, size = shape[0], shape[1:3]
-    k, cin = kernel_KxKxCxO.shape[:2], kernel_KxKxCxO.shape[2]
+def phase_input_grad(g_BxHoxWoxO, kernel_KxKxIxO, strides, pads, shape, conv):
+    """The input gradient of a convolution as stride * stride stride-1 convolutions of the
+    output gradient, one per phase of the input (the positions i with (i + pad) % stride
+    equal), each with the kernel's taps of that phase, flipped; interleaved and cropped.
+    `conv(g, taps)` is the stride-1 "VALID" convolution of the form at hand (dense or
+    depthwise). XLA writes a strided convolution's input gradient with the output gradient
+    dilated (`lhs_dilation`): stride^2 times the multiplications, on XLA:CPU's slower path."""
+    n, size, cin = shape[0], shape[1:3], shape[-1]
+    k = kernel_KxKxIxO.shape[:2]
     padded = [size[d] + pads[d][0] + pads[d][1] for d in range(2)]
     phases = [-(-padded[d] // strides[d]) for d in range(2)]  # positions of one phase
     out = g_BxHoxWoxO.shape[1:3]
@@ -302,14 +313,23 @@ def strided_input_grad(g_BxHoxWoxO, kernel_KxKxCxO, strides, pads, shape, precis
             if not all(taps):  # no tap of the kernel reaches this phase
                 row.append(jnp.zeros((n, *phases, cin), g_BxHoxWoxO.dtype))
                 continue
-            sub = kernel_KxKxCxO[a :: strides[0], b :: strides[1]][::-1, ::-1].transpose(0, 1, 3, 2)
+            sub = kernel_KxKxIxO[a :: strides[0], b :: strides[1]][::-1, ::-1]
             widths = [(taps[d] - 1, phases[d] - out[d], 0) for d in range(2)]
-            g = jax.lax.pad(g_BxHoxWoxO, zero, ((0, 0, 0), *widths, (0, 0, 0)))
-            row.append(dense_native(g, sub, (1, 1), "VALID", precision))
+            row.append(conv(jax.lax.pad(g_BxHoxWoxO, zero, ((0, 0, 0), *widths, (0, 0, 0))), sub))
         rows.append(jnp.stack(row, axis=3))  # B, P, Q, stride (b), C
     whole = jnp.stack(rows, axis=2)  # B, P, stride (a), Q, stride (b), C
     whole = whole.reshape(n, phases[0] * strides[0], phases[1] * strides[1], cin)
     return whole[:, pads[0][0] : pads[0][0] + size[0], pads[1][0] : pads[1][0] + size[1]]
+
+
+def strided_input_grad(g_BxHoxWoxO, kernel_KxKxCxO, strides, pads, shape, precision=None):
+    """A dense convolution's input gradient by phases (each a dense stride-1 convolution with
+    the phase's taps, input and output channels swapped)."""
+
+    def conv(g, taps):
+        return dense_native(g, taps.transpose(0, 1, 3, 2), (1, 1), "VALID", precision)
+
+    return phase_input_grad(g_BxHoxWoxO, kernel_KxKxCxO, strides, pads, shape, conv)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
