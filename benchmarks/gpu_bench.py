@@ -243,12 +243,12 @@ def time_parts(fn, x, w, steps: int, label: str, parts) -> dict:
 
 def strided_row(size, precision, batch, steps, smoke: bool) -> dict:
     """Each strided convolution of ResNet-50's stages alone, its input gradient in XLA's form
-    (the output gradient dilated) and by phases (`convolutions.strided_cpu`, which segjax uses
+    (the output gradient dilated) and by phases (`strided.strided_cpu`, which segjax uses
     on CPU): milliseconds per call, medians. On a GPU the phases are used only if they win."""
     import jax
     import jax.numpy as jnp
 
-    from segjax.models.convolutions import dense_native, strided_cpu
+    from segjax.models.strided import dense_native, strided_cpu
 
     dtype = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}[precision]
     row = {}

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax.models import convolutions
+from segjax.models import convolutions, strided
 from segjax.models.builder import create_model
 
 Layer = collections.namedtuple("Layer", "kind shape kernel stride cout padding count")
@@ -83,11 +83,11 @@ def forms(layer: Layer) -> dict[str, Callable]:
 
 
 def dense_strided(x, w, stride: int, padding: str):
-    """segjax's strided convolution (`convolutions.conv_general`: on CPU the input gradient by
+    """segjax's strided convolution (`strided.conv_general`: on CPU the input gradient by
     phases), as `nn.Conv` calls it."""
     pads = padding if padding in ("SAME", "VALID") else ((w.shape[0] // 2,) * 2,) * 2
     dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-    return convolutions.conv_general(x, w, (stride, stride), pads, dimension_numbers=dims)
+    return strided.conv_general(x, w, (stride, stride), pads, dimension_numbers=dims)
 
 
 def weight_shape(layer: Layer) -> tuple[int, ...]:

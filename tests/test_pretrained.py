@@ -21,19 +21,17 @@ from segjax.errors import UserError
 from segjax.models import pretrained, weight_files
 from segjax.models.builder import create_model, total_stride
 from segjax.models.convolutions import (
-    PHASES_MIN_CHANNELS,
-    conv_general,
     depthwise_conv,
     depthwise_native,
     depthwise_shifted,
     grouped_conv,
     grouped_native,
     grouped_shifted,
-    strided_input_grad,
 )
 from segjax.models.efficientnet import EfficientNetClassifier
 from segjax.models.registry import ENCODERS
 from segjax.models.resnet import ResNetClassifier
+from segjax.models.strided import PHASES_MIN_CHANNELS, conv_general, strided_input_grad
 from tests.conftest import on_devices
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -13,8 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.convolutions import DepthwiseConv, conv_general
+from segjax.models.convolutions import DepthwiseConv
 from segjax.models.layers import param_dtype
+from segjax.models.strided import conv_general
 
 
 def _layer_norm(dtype, name: str) -> nn.LayerNorm:

@@ -1,7 +1,8 @@
 """Depthwise and grouped convolutions in the form each platform runs fastest: XLA's native
-grouped convolution, or on the CPU the shifted taps (the kernel applied tap by tap) with a
-custom weight gradient; `portable()` selects the native form for exporters. Each form is
-checked against the native gradients in float64 (tests/test_pretrained.py)."""
+grouped convolution, or on the CPU the shifted taps (the kernel applied tap by tap) with custom
+gradients; the input gradient of a convolution by phases (shared with `models.strided`);
+`portable()` selects the native forms for exporters. Each form is checked against the native
+gradients in float64 (tests/test_pretrained.py)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,36 @@ def shifted_sum(x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, pa
         for i, j, tap in shifted_taps(x_BxHxWxC, kernel_KxKx1xC.shape[:2], stride, pads)
     )
     return functools.reduce(jnp.add, terms)
+
+
+def phase_input_grad(g_BxHoxWoxO, kernel_KxKxIxO, strides, pads, shape, conv):
+    """The input gradient of a convolution as stride * stride stride-1 convolutions of the
+    output gradient, one per phase of the input (the positions i with (i + pad) % stride
+    equal), each with the kernel's taps of that phase, flipped; interleaved and cropped.
+    `conv(g, taps)` is the stride-1 "VALID" convolution of the form at hand (dense or
+    depthwise). XLA writes a strided convolution's input gradient with the output gradient
+    dilated (`lhs_dilation`): stride^2 times the multiplications, on XLA:CPU's slower path."""
+    n, size, cin = shape[0], shape[1:3], shape[-1]
+    k = kernel_KxKxIxO.shape[:2]
+    padded = [size[d] + pads[d][0] + pads[d][1] for d in range(2)]
+    phases = [-(-padded[d] // strides[d]) for d in range(2)]  # positions of one phase
+    out = g_BxHoxWoxO.shape[1:3]
+    zero = jnp.zeros((), g_BxHoxWoxO.dtype)
+    rows = []
+    for a in range(strides[0]):
+        row = []
+        for b in range(strides[1]):
+            taps = (len(range(a, k[0], strides[0])), len(range(b, k[1], strides[1])))
+            if not all(taps):  # no tap of the kernel reaches this phase
+                row.append(jnp.zeros((n, *phases, cin), g_BxHoxWoxO.dtype))
+                continue
+            sub = kernel_KxKxIxO[a :: strides[0], b :: strides[1]][::-1, ::-1]
+            widths = [(taps[d] - 1, phases[d] - out[d], 0) for d in range(2)]
+            row.append(conv(jax.lax.pad(g_BxHoxWoxO, zero, ((0, 0, 0), *widths, (0, 0, 0))), sub))
+        rows.append(jnp.stack(row, axis=3))  # B, P, Q, stride (b), C
+    whole = jnp.stack(rows, axis=2)  # B, P, stride (a), Q, stride (b), C
+    whole = whole.reshape(n, phases[0] * strides[0], phases[1] * strides[1], cin)
+    return whole[:, pads[0][0] : pads[0][0] + size[0], pads[1][0] : pads[1][0] + size[1]]
 
 
 def depthwise_shifted(
@@ -155,6 +186,11 @@ def portable():
         _PORTABLE.reset(token)
 
 
+def in_portable() -> bool:
+    """Whether models trace to the native forms only (inside `portable()`)."""
+    return _PORTABLE.get()
+
+
 def depthwise_conv(
     x_BxHxWxC: jax.Array, kernel_KxKx1xC: jax.Array, stride: int, padding: str = "SAME"
 ) -> jax.Array:
@@ -167,7 +203,7 @@ def depthwise_conv(
     exported model carries both. The two agree to float rounding (tested).
     """
     native = functools.partial(depthwise_native, stride=stride, padding=padding)
-    if _PORTABLE.get():
+    if in_portable():
         return native(x_BxHxWxC, kernel_KxKx1xC)
     shifted = functools.partial(depthwise_cpu, stride=stride, padding=padding)
     return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKx1xC, cpu=shifted, default=native)
@@ -253,7 +289,7 @@ def grouped_conv(
     the native grouped convolution."""
     cpu = functools.partial(grouped_cpu, stride=stride, groups=groups)
     native = functools.partial(grouped_native, stride=stride, groups=groups)
-    if _PORTABLE.get():
+    if in_portable():
         return native(x_BxHxWxC, kernel_KxKxCgxO)
     return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKxCgxO, cpu=cpu, default=native)
 
@@ -276,126 +312,3 @@ class GroupedConv(nn.Module):
         return grouped_conv(
             x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.groups
         )
-
-
-NHWC = ("NHWC", "HWIO", "NHWC")
-# Measured per layer at 192x128, batch 8 (docs/results.md, "Every convolution alone"): by phases
-# a strided layer's input gradient took 0.6x (ResNet's 1x1 shortcuts), 0.75x (ConvNeXt's 2x2
-# downsampling) and 0.96x (ResNet's 3x3) of XLA:CPU's, but 3-4x on a 3-channel image (a stem,
-# whose input gradient training never needs): each phase is a convolution to that few channels.
-PHASES_MIN_CHANNELS = 16
-
-
-def dense_native(x_BxHxWxC, kernel_KxKxCxO, strides, pads, precision=None):
-    return jax.lax.conv_general_dilated(
-        x_BxHxWxC, kernel_KxKxCxO, strides, pads, dimension_numbers=NHWC, precision=precision
-    )
-
-
-def phase_input_grad(g_BxHoxWoxO, kernel_KxKxIxO, strides, pads, shape, conv):
-    """The input gradient of a convolution as stride * stride stride-1 convolutions of the
-    output gradient, one per phase of the input (the positions i with (i + pad) % stride
-    equal), each with the kernel's taps of that phase, flipped; interleaved and cropped.
-    `conv(g, taps)` is the stride-1 "VALID" convolution of the form at hand (dense or
-    depthwise). XLA writes a strided convolution's input gradient with the output gradient
-    dilated (`lhs_dilation`): stride^2 times the multiplications, on XLA:CPU's slower path."""
-    n, size, cin = shape[0], shape[1:3], shape[-1]
-    k = kernel_KxKxIxO.shape[:2]
-    padded = [size[d] + pads[d][0] + pads[d][1] for d in range(2)]
-    phases = [-(-padded[d] // strides[d]) for d in range(2)]  # positions of one phase
-    out = g_BxHoxWoxO.shape[1:3]
-    zero = jnp.zeros((), g_BxHoxWoxO.dtype)
-    rows = []
-    for a in range(strides[0]):
-        row = []
-        for b in range(strides[1]):
-            taps = (len(range(a, k[0], strides[0])), len(range(b, k[1], strides[1])))
-            if not all(taps):  # no tap of the kernel reaches this phase
-                row.append(jnp.zeros((n, *phases, cin), g_BxHoxWoxO.dtype))
-                continue
-            sub = kernel_KxKxIxO[a :: strides[0], b :: strides[1]][::-1, ::-1]
-            widths = [(taps[d] - 1, phases[d] - out[d], 0) for d in range(2)]
-            row.append(conv(jax.lax.pad(g_BxHoxWoxO, zero, ((0, 0, 0), *widths, (0, 0, 0))), sub))
-        rows.append(jnp.stack(row, axis=3))  # B, P, Q, stride (b), C
-    whole = jnp.stack(rows, axis=2)  # B, P, stride (a), Q, stride (b), C
-    whole = whole.reshape(n, phases[0] * strides[0], phases[1] * strides[1], cin)
-    return whole[:, pads[0][0] : pads[0][0] + size[0], pads[1][0] : pads[1][0] + size[1]]
-
-
-def strided_input_grad(g_BxHoxWoxO, kernel_KxKxCxO, strides, pads, shape, precision=None):
-    """A dense convolution's input gradient by phases (each a dense stride-1 convolution with
-    the phase's taps, input and output channels swapped)."""
-
-    def conv(g, taps):
-        return dense_native(g, taps.transpose(0, 1, 3, 2), (1, 1), "VALID", precision)
-
-    return phase_input_grad(g_BxHoxWoxO, kernel_KxKxCxO, strides, pads, shape, conv)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def strided_cpu(x, kernel, strides, pads, precision=None):
-    """The native strided convolution and kernel gradient; the input gradient by phases."""
-    return dense_native(x, kernel, strides, pads, precision)
-
-
-def _strided_cpu_fwd(x, kernel, strides, pads, precision):
-    return dense_native(x, kernel, strides, pads, precision), (x, kernel)
-
-
-def _strided_cpu_bwd(strides, pads, precision, saved, g):
-    x, kernel = saved
-    dx = strided_input_grad(g, kernel, strides, pads, x.shape, precision)
-    _, pullback = jax.vjp(lambda w: dense_native(x, w, strides, pads, precision), kernel)
-    return dx.astype(x.dtype), pullback(g)[0]
-
-
-strided_cpu.defvjp(_strided_cpu_fwd, _strided_cpu_bwd)
-
-
-def conv_general(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    precision=None,
-    **kwargs,
-):
-    """`jax.lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`: a strided NHWC
-    convolution of at least PHASES_MIN_CHANNELS input channels takes `strided_cpu` on CPU (its
-    input gradient by phases), chosen when lowering; everything else, and every convolution
-    inside `portable()`, the native form."""
-    native = functools.partial(
-        jax.lax.conv_general_dilated,
-        window_strides=window_strides,
-        padding=padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        precision=precision,
-        **kwargs,
-    )
-    ones = (1,) * (lhs.ndim - 2)
-    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
-    plain = (
-        lhs.ndim == 4
-        and tuple(window_strides) != ones
-        and lhs.shape[-1] >= PHASES_MIN_CHANNELS
-        and tuple(lhs_dilation or ones) == ones
-        and tuple(rhs_dilation or ones) == ones
-        and feature_group_count == 1
-        and not kwargs
-        and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
-    )
-    if _PORTABLE.get() or not plain:
-        return native(lhs, rhs)
-    strides = tuple(window_strides)
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-    pads = tuple(tuple(p) for p in padding)
-    cpu = functools.partial(strided_cpu, strides=strides, pads=pads, precision=precision)
-    return jax.lax.platform_dependent(lhs, rhs, cpu=cpu, default=native)

@@ -11,9 +11,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.convolutions import GroupedConv, conv_general
+from segjax.models.convolutions import GroupedConv
 from segjax.models.encoders import batch_norm
 from segjax.models.layers import param_dtype
+from segjax.models.strided import conv_general
 
 
 def block_conv(dtype) -> Callable[..., nn.Conv]:
